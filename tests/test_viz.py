@@ -1,0 +1,331 @@
+"""Tests of zsvss_nb.viz: colours, overlays, feature images, plots and figure provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from zsvss_nb import viz  # noqa: E402
+from zsvss_nb.errors import InputError, LabelError  # noqa: E402
+
+
+def voc_colour_loop(i: int) -> tuple[int, int, int]:
+    """PASCAL VOC colour of id ``i``, one bit at a time."""
+    r = g = b = 0
+    c = i
+    for j in range(8):
+        r |= ((c >> 0) & 1) << (7 - j)
+        g |= ((c >> 1) & 1) << (7 - j)
+        b |= ((c >> 2) & 1) << (7 - j)
+        c >>= 3
+    return r, g, b
+
+
+def rng_frame(h: int = 12, w: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- colours
+
+
+def test_palette_matches_voc_loop_and_is_deterministic() -> None:
+    pal = viz.palette(256)
+    assert pal.dtype == np.uint8 and pal.shape == (256, 3)
+    np.testing.assert_array_equal(pal, viz.palette(256))
+    for i in range(255):
+        assert tuple(pal[i]) == voc_colour_loop(i)
+    # known VOC colours: background, aeroplane, person
+    assert tuple(pal[0]) == (0, 0, 0)
+    assert tuple(pal[1]) == (128, 0, 0)
+    assert tuple(pal[15]) == (192, 128, 128)
+    assert tuple(pal[255]) == (255, 255, 255)
+    np.testing.assert_array_equal(viz.palette(10), pal[:10])
+
+
+def test_palette_first_32_distinct_and_void_unique() -> None:
+    pal = viz.palette(256)
+    assert len({tuple(c) for c in pal[:32]}) == 32
+    assert len({tuple(c) for c in pal}) == 256
+    with pytest.raises(InputError):
+        viz.palette(0)
+    with pytest.raises(InputError):
+        viz.palette(257)
+
+
+def test_colorize_round_trips_ids_through_png(tmp_path) -> None:
+    labels = torch.tensor([[0, 1, 2, 255], [31, 7, 0, 200]], dtype=torch.long)
+    img = viz.colorize(labels)
+    assert img.mode == "P"
+    np.testing.assert_array_equal(np.array(img), labels.numpy())
+    img.save(tmp_path / "l.png")
+    back = Image.open(tmp_path / "l.png")
+    assert back.mode == "P"
+    np.testing.assert_array_equal(np.array(back), labels.numpy())
+    np.testing.assert_array_equal(np.array(back.convert("RGB")), viz.palette()[labels.numpy()])
+
+
+def test_colorize_rejects_bad_ids() -> None:
+    with pytest.raises(LabelError):
+        viz.colorize(np.array([[0, 256]]))
+    with pytest.raises(LabelError):
+        viz.colorize(np.array([[-1, 0]]))
+    with pytest.raises(LabelError):
+        viz.colorize(np.zeros((2, 2, 2), dtype=np.int64))
+
+
+def test_overlay_matches_loop_reference() -> None:
+    frame = rng_frame()
+    labels = np.random.default_rng(1).integers(0, 6, frame.shape[:2])
+    alpha = 0.3
+    out = viz.overlay(frame, labels, alpha)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    pal = viz.palette()
+    ref = np.zeros_like(frame)
+    for y in range(frame.shape[0]):
+        for x in range(frame.shape[1]):
+            for c in range(3):
+                v = (1 - alpha) * float(frame[y, x, c]) + alpha * float(pal[labels[y, x], c])
+                ref[y, x, c] = int(v + 0.5)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_overlay_alpha_zero_and_one_and_chw_tensor() -> None:
+    frame = rng_frame()
+    labels = np.random.default_rng(2).integers(0, 6, frame.shape[:2])
+    np.testing.assert_array_equal(viz.overlay(frame, labels, alpha=0.0), frame)
+    np.testing.assert_array_equal(viz.overlay(frame, labels, alpha=1.0), viz.palette()[labels])
+    chw = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0
+    out = viz.overlay(chw, torch.from_numpy(labels), alpha=0.0)
+    np.testing.assert_array_equal(out, frame)
+    with pytest.raises(LabelError):
+        viz.overlay(frame, labels[:-1])
+    with pytest.raises(InputError):
+        viz.overlay(frame, labels, alpha=1.5)
+
+
+@pytest.mark.parametrize("h,w", [(12, 16), (13, 17), (7, 9)])
+def test_overlay_panel_even_dims_and_layout(h: int, w: int) -> None:
+    frame = rng_frame(h, w)
+    labels = np.random.default_rng(3).integers(0, 12, (h, w))
+    labels[0, 0] = 255
+    panel = viz.overlay_panel(frame, labels, {0: "road", 1: "sky"})
+    assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
+    assert panel.shape[0] % 2 == 0 and panel.shape[1] % 2 == 0
+    assert panel.shape[1] >= 3 * w and panel.shape[0] > h
+    np.testing.assert_array_equal(panel[:h, :w], frame)
+    np.testing.assert_array_equal(panel[:h, w : 2 * w], viz.palette()[labels])
+    np.testing.assert_array_equal(panel[:h, 2 * w : 3 * w], viz.overlay(frame, labels))
+    bare = viz.overlay_panel(frame, labels, legend=False)
+    assert bare.shape == (h + h % 2, 3 * w + (3 * w) % 2, 3)
+
+
+# ----------------------------------------------------------------------------- feature images
+
+
+def test_feature_pca_separates_planted_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    c = 16
+    centre_a, centre_b = torch.zeros(c), torch.zeros(c)
+    centre_a[0], centre_b[0] = 5.0, -5.0
+    feats = torch.randn(2, 4, 5, c, generator=g) * 0.1
+    feats[0] += centre_a
+    feats[1] += centre_b
+    feats[1, 2, 3] = feats[0, 1, 1]  # an identical token in the other frame
+    feats[0, 3, 4] = feats[0, 0, 0]
+    rgb = viz.feature_pca_rgb(feats)
+    assert rgb.shape == (2, 4, 5, 3)
+    assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+    torch.testing.assert_close(rgb[1, 2, 3], rgb[0, 1, 1])
+    torch.testing.assert_close(rgb[0, 3, 4], rgb[0, 0, 0])
+    mask1 = torch.ones(4, 5, dtype=torch.bool)
+    mask1[2, 3] = False
+    mean_a = rgb[0].reshape(-1, 3).mean(0)
+    mean_b = rgb[1][mask1].mean(0)
+    assert torch.linalg.vector_norm(mean_a - mean_b) > 0.7
+    # the first component carries the cluster axis: one cluster near 0, the other near 1
+    assert {round(float(mean_a[0])), round(float(mean_b[0]))} == {0, 1}
+
+
+def test_feature_pca_channels_follow_principal_axes() -> None:
+    g = torch.Generator().manual_seed(1)
+    scales = torch.tensor([6.0, 3.0, 1.5, 0.2, 0.1, 0.05])
+    x = torch.randn(3, 10, 10, 6, generator=g) * scales
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
+    feats = x @ q.T + 20.0  # rotated axes and an offset: the PCA must centre first
+    rgb = viz.feature_pca_rgb(feats).reshape(-1, 3)
+    latent = x.reshape(-1, 6)
+    for i in range(3):
+        r = torch.corrcoef(torch.stack([rgb[:, i], latent[:, i]]))[0, 1]
+        assert abs(float(r)) > 0.95
+
+
+def test_feature_pca_fit_on_first_and_options() -> None:
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(3, 4, 4, 8, generator=g)
+    feats[1:] += 100.0  # far from frame 0: clamps when fit on frame 0 only
+    first = viz.feature_pca_rgb(feats, fit_on="first")
+    assert first.shape == (3, 4, 4, 3) and first.min() >= 0 and first.max() <= 1
+    assert not torch.allclose(first, viz.feature_pca_rgb(feats, fit_on="all"))
+    grey = viz.feature_pca_rgb(feats, n_components=1)
+    torch.testing.assert_close(grey[..., 0], grey[..., 2])
+    two = viz.feature_pca_rgb(feats, n_components=2)
+    assert torch.all(two[..., 2] == 0)
+    with pytest.raises(InputError):
+        viz.feature_pca_rgb(feats[0])
+    with pytest.raises(InputError):
+        viz.feature_pca_rgb(feats, fit_on="last")  # type: ignore[arg-type]
+
+
+def test_cosine_map_matches_loop_reference() -> None:
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, 4, 5, 7, generator=g)
+    sim = viz.cosine_similarity_map(feats, frame=1, y=2, x=3)
+    assert sim.shape == (3, 4, 5)
+    assert float(sim[1, 2, 3]) == pytest.approx(1.0, abs=1e-6)
+    assert sim.min() >= -1.0 and sim.max() <= 1.0
+    q = feats[1, 2, 3]
+    for b in range(3):
+        for y in range(4):
+            for x in range(5):
+                f = feats[b, y, x]
+                ref = float(f @ q) / (float(f.norm()) * float(q.norm()))
+                assert float(sim[b, y, x]) == pytest.approx(ref, abs=1e-5)
+    with pytest.raises(InputError):
+        viz.cosine_similarity_map(feats, frame=0, y=4, x=0)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    k: int = 20
+    blocks: tuple[int, ...] = (6, 7, 8)
+    name: str = "paper (sd)"
+
+
+class _Model:
+    identity = {"model_id": "tiny", "sha256": "ab\\c(d", "dtype": "float32"}
+
+
+def _small_figure() -> Figure:
+    return viz.show_frames(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+
+
+def test_save_figure_writes_formats_and_round_trips_provenance(tmp_path) -> None:
+    fig = _small_figure()
+    cfg = _Cfg()
+    paths = viz.save_figure(fig, tmp_path / "sub" / "fig.v1", config=cfg, model=_Model())
+    assert [p.name for p in paths] == ["fig.v1.pdf", "fig.v1.png"]
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["fig.v1.pdf", "fig.v1.png"]
+    assert paths[0].read_bytes().startswith(b"%PDF")
+    expected_cfg = {"k": 20, "blocks": [6, 7, 8], "name": "paper (sd)"}
+    for p in paths:
+        meta = viz.read_figure_metadata(p)
+        assert meta["config"] == expected_cfg
+        assert meta["model"] == _Model.identity
+        assert meta["software"].startswith("zsvss ")
+    plt.close(fig)
+
+
+def test_save_figure_dict_config_svg_and_errors(tmp_path) -> None:
+    fig = _small_figure()
+    config = {"k": 3, "note": "éß (unicode)"}
+    model = {"model_id": "sd-2-1-base", "revision": None}
+    paths = viz.save_figure(
+        fig, tmp_path / "f", config=config, model=model, formats=("png", "pdf", "svg")
+    )
+    assert len(paths) == 3
+    for p in paths:
+        meta = viz.read_figure_metadata(p)
+        assert meta["config"] == config and meta["model"] == model
+    bare = viz.save_figure(fig, tmp_path / "bare", formats=("png",))
+    assert viz.read_figure_metadata(bare[0])["config"] is None
+    with pytest.raises(InputError):
+        viz.save_figure(fig, tmp_path / "x", formats=("jpg",))
+    with pytest.raises(InputError):
+        viz.save_figure(fig, tmp_path / "x", model=object())
+    assert not list(tmp_path.glob(".*tmp"))
+    plt.close(fig)
+
+
+def test_publication_style_sets_and_restores_rcparams() -> None:
+    before = matplotlib.rcParams["axes.spines.top"]
+    with viz.publication_style():
+        assert matplotlib.rcParams["savefig.dpi"] == 300
+        assert matplotlib.rcParams["axes.spines.right"] is False
+        fig = viz.plot_per_class_iou([0.5, 0.7])
+    assert matplotlib.rcParams["axes.spines.top"] == before
+    assert fig.axes[0].spines["top"].get_visible() is False
+    plt.close(fig)
+
+
+def test_plot_helpers_return_figures() -> None:
+    g = torch.Generator().manual_seed(4)
+    frames = torch.rand(3, 3, 16, 24, generator=g)
+    labels = torch.randint(0, 4, (3, 16, 24), generator=g)
+    feats = torch.randn(3, 4, 6, 8, generator=g)
+    sims = viz.cosine_similarity_map(feats, 0, 1, 2)
+    figs = [
+        viz.show_frames(frames, titles=["a", "b", "c"], ncols=2),
+        viz.show_labels(labels[0]),
+        viz.show_labels(labels[0], frame=frames[0], alpha=0.4, class_names={0: "road"}),
+        viz.show_similarity(sims, frames, point=(0, 1, 2)),
+        viz.show_similarity(sims, None, point=(0, 1, 2)),
+        viz.show_difference_maps(torch.rand(3, 16, 24, generator=g), [0, 2, 5]),
+        viz.plot_per_class_iou({0: 0.5, 3: float("nan"), 7: 0.25}, {0: "road", 7: "car"}),
+        viz.qualitative_strip(frames, labels, labels, every=2),
+        viz.qualitative_strip(frames, None, labels),
+    ]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+    strip = figs[7]
+    assert len(strip.axes) == 3 * 2  # rows frame/GT/prediction, columns t = 0, 2
+    iou_ax = figs[6].axes[0]
+    assert len(iou_ax.patches) == 2  # the NaN class is left out
+    for fig in figs:
+        plt.close(fig)
+
+
+def test_plot_helpers_draw_into_given_axes() -> None:
+    fig, (a0, a1) = plt.subplots(1, 2)
+    frames = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    assert viz.show_labels(np.zeros((8, 8), dtype=np.int64), ax=a0) is fig
+    assert viz.show_frames(frames, ncols=2, ax=a1) is fig
+    assert len(fig.axes) == 1 + 4  # a1 replaced by a 2x2 grid
+    plt.close(fig)
+    fig2, axes = plt.subplots(2, 2)
+    assert viz.show_frames(frames[:3], ncols=2, ax=axes) is fig2
+    plt.close(fig2)
+
+
+def test_plot_tracks_draws_valid_tracks_in_pixels() -> None:
+    b, n = 3, 6
+    frames = np.zeros((b, 32, 64, 3), dtype=np.uint8)
+    pos = torch.zeros(b, n, 2, dtype=torch.long)
+    pos[:, :, 0] = torch.arange(n) % 2  # y cell
+    pos[:, :, 1] = torch.arange(n)[None] + torch.arange(b)[:, None]  # x moves one cell a frame
+    valid = torch.tensor([True, False, True, True, False, True])
+    fig = viz.plot_tracks(frames, pos, valid, grid_hw=(2, 8), max_tracks=3)
+    assert isinstance(fig, Figure)
+    last = fig.axes[b - 1]
+    (lines,) = [c for c in last.collections if isinstance(c, LineCollection)]
+    segs = lines.get_segments()
+    assert len(segs) == 3  # 4 valid tracks, thinned to 3: ids 0, 3, 5
+    # track 0: y cell 0, x cells 0, 1, 2 on a 2x8 grid over 32x64 px: centres at (x+0.5)*8
+    np.testing.assert_allclose(segs[0], [[4.0, 8.0], [12.0, 8.0], [20.0, 8.0]])
+    np.testing.assert_allclose(segs[2][:, 0], [(5 + t + 0.5) * 8 for t in range(b)])
+    plt.close(fig)
+    with pytest.raises(InputError):
+        viz.plot_tracks(frames, pos[:2], valid, grid_hw=(2, 8))

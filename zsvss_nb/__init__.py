@@ -1,0 +1,47 @@
+"""zsvss: training-free video semantic segmentation from pre-trained diffusion models.
+
+The public API (DESIGN.md): ``load_backbone``, ``open_video``, ``Segmenter``, ``SegmentConfig``.
+Heavy modules are imported on first use, so ``import zsvss_nb`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_backbone": ("backbone", "load_backbone"),
+    "Backbone": ("backbone", "Backbone"),
+    "open_video": ("video", "open_video"),
+    "Video": ("video", "Video"),
+    "Segmenter": ("pipeline", "Segmenter"),
+    "SegmentConfig": ("config", "SegmentConfig"),
+    "FeatureConfig": ("config", "FeatureConfig"),
+    "ContextConfig": ("config", "ContextConfig"),
+    "RefineConfig": ("config", "RefineConfig"),
+    "UpsampleConfig": ("config", "UpsampleConfig"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from .backbone import Backbone, load_backbone
+    from .config import (
+        ContextConfig,
+        FeatureConfig,
+        RefineConfig,
+        SegmentConfig,
+        UpsampleConfig,
+    )
+    from .pipeline import Segmenter
+    from .video import Video, open_video
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'zsvss_nb' has no attribute {name!r}")

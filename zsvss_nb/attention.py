@@ -1,0 +1,146 @@
+"""Read and steer the UNet's attention layers: capture q/k, inject stored q/k, modulate outputs.
+
+We hook the attention module's own projections (``to_q``, ``to_k`` and ``to_out[0]``) instead of
+replacing its processor, so capture, injection and modulation see exactly the tensors METHOD.md
+1.3 and 1.7 name (after ``to_q``/``to_k``, before the head split; after ``to_out``, before the
+residual add) whatever attention processor or backend diffusers uses to compute the softmax.
+
+Decoder blocks use the reference code's numbering (``output_blocks`` 3-11, METHOD.md section 7);
+"attn1" is spatial self-attention and "attn2" cross-attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+AttnKey = tuple[int, str]  # (reference decoder block 3..11, "attn1" | "attn2")
+
+
+def decoder_attention(unet: nn.Module, block: int, layer: str = "attn1") -> nn.Module:
+    """The attention module of reference decoder block ``block`` (3-11) in a diffusers UNet."""
+    up, idx = divmod(block, 3)
+    if up == 0 or up >= len(unet.up_blocks) or not hasattr(unet.up_blocks[up], "attentions"):
+        raise ValueError(f"decoder block {block} has no attention in this UNet")
+    transformer = unet.up_blocks[up].attentions[idx]
+    return getattr(transformer.transformer_blocks[0], layer)
+
+
+@dataclass
+class AttentionPlan:
+    """What the controller does at the current step; the denoising loop sets ``step``.
+
+    ``capture``: (block, layer, "q"|"k") -> steps at which the projection is stored.
+    ``inject``: (step, block, layer, "q"|"k") -> stored projection [2, F, N, C] (CFG half,
+    frame, token, channel); ``inject_frames`` picks, for each sample of one CFG half of the
+    current batch, the stored frame it replays.
+    ``modulation``: block -> additive mask [n, N] for one CFG half, added (broadcast over
+    channels, in both halves) to the chosen attention output at ``modulation_steps``.
+    """
+
+    step: int = -1
+    capture: dict[tuple[int, str, str], frozenset[int]] = field(default_factory=dict)
+    inject: dict[tuple[int, int, str, str], torch.Tensor] = field(default_factory=dict)
+    inject_frames: torch.Tensor | None = None
+    modulation: dict[int, torch.Tensor] = field(default_factory=dict)
+    modulation_layer: str = "attn2"
+    modulation_steps: frozenset[int] = frozenset()
+    halves: int = 2  # 2 with classifier-free guidance ([uncond; cond]), 1 without
+
+
+class AttentionController:
+    """Owns the hooks on a UNet's decoder attention layers and the tensors they collect.
+
+    Use as a context manager, or call :meth:`remove`. ``stored[(step, block, layer, kind)]``
+    holds captured projections as [halves, F, N, C] (uncond half first, as the CFG batch is
+    ordered; halves = 1 when guidance is off).
+    """
+
+    def __init__(self, unet: nn.Module, blocks: Iterable[int] = range(3, 12)) -> None:
+        self.plan = AttentionPlan()
+        self.stored: dict[tuple[int, int, str, str], torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        for block in blocks:
+            for layer in ("attn1", "attn2"):
+                attn = decoder_attention(unet, block, layer)
+                self._handles.append(
+                    attn.to_q.register_forward_hook(self._qk_hook(block, layer, "q"))
+                )
+                self._handles.append(
+                    attn.to_k.register_forward_hook(self._qk_hook(block, layer, "k"))
+                )
+                self._handles.append(
+                    attn.to_out[0].register_forward_hook(self._out_hook(block, layer))
+                )
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _qk_hook(self, block: int, layer: str, kind: str):
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor):
+            plan = self.plan
+            key = (plan.step, block, layer, kind)
+            injected = plan.inject.get(key)
+            if injected is not None:
+                output = self._replay(injected, output)
+            steps = plan.capture.get((block, layer, kind))
+            if steps is not None and plan.step in steps:
+                self.stored[key] = output.detach().unflatten(0, (plan.halves, -1))
+            return output
+
+        return hook
+
+    def _replay(self, stored: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        frames = self.plan.inject_frames
+        if frames is None:
+            replay = stored
+        elif frames.numel() == stored.shape[1] and bool(
+            (frames == torch.arange(stored.shape[1], device=frames.device)).all()
+        ):
+            replay = stored
+        else:
+            replay = stored.index_select(1, frames)
+        replay = replay.flatten(0, 1).to(output.dtype)
+        if replay.shape != output.shape:
+            raise RuntimeError(
+                f"injected projection {tuple(replay.shape)} does not match {tuple(output.shape)}"
+            )
+        return replay
+
+    def _out_hook(self, block: int, layer: str):
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor):
+            plan = self.plan
+            if layer != plan.modulation_layer or plan.step not in plan.modulation_steps:
+                return None
+            delta = plan.modulation.get(block)
+            if delta is None:
+                return None
+            delta = delta.repeat(plan.halves, 1).to(output.dtype)  # both CFG halves
+            return output + delta.unsqueeze(-1)
+
+        return hook
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detach every hook; the UNet behaves exactly as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> AttentionController:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+@contextmanager
+def controlled(unet: nn.Module, blocks: Iterable[int] = range(3, 12)) -> Iterator[AttentionController]:
+    """``with controlled(unet) as ctl:`` hooks installed inside the block, removed after."""
+    ctl = AttentionController(unet, blocks)
+    try:
+        yield ctl
+    finally:
+        ctl.remove()

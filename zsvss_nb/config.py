@@ -1,0 +1,271 @@
+"""Frozen configuration of every stage, with the paper's values as defaults.
+
+Each field's comment points at the section of METHOD.md (shared with the project) that fixes its
+default. Change a value with ``cfg.replace(k=10)``: top-level fields and fields of the stage
+configs are both accepted, the latter routed to the one stage config that owns the name.
+
+Block numbers follow the reference code's decoder numbering (``output_blocks`` 0-11): blocks 3-5
+are ``up_blocks[1].attentions[0..2]``, 6-8 ``up_blocks[2]...`` (H/16) and 9-11 ``up_blocks[3]...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+class _Replaceable:
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (fields are validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureConfig(_Replaceable):
+    """Stage 1: noising, the feature pass and which attention tensors become features."""
+
+    num_inference_steps: int = 25  # METHOD 1.2: 25 Euler steps, trailing spacing
+    start_step: int = 22  # METHOD 1.2: t* = step index 22 (DDPM t = 119, sigma 0.387)
+    feature_step: int = 24  # METHOD 1.3: q is read at the last step (t = 39)
+    guidance_scale: float = 5.0  # METHOD 1.2: VanillaCFG scale 5, cond = "" / uncond = zeros
+    prompt: str = ""  # METHOD 1.2: the conditional embedding is the empty prompt's
+    blocks: tuple[int, ...] = (6, 7, 8)  # METHOD 1.3: mean of output blocks 6, 7, 8
+    aggregation: Literal["mean", "concat"] = "mean"  # METHOD 1.3: element-wise mean
+    normalisation: Literal["linf", "l2", "none"] = "linf"  # METHOD 1.3: f / max|f| per token
+    refine_block: int = 7  # METHOD 1.6: refinement tracks on block-7 q (L2-normalised there)
+    seed: int = 1  # METHOD 1.8: seed 1, reset before every window
+    sample_posterior: bool = True  # METHOD 1.1: VAE posterior sample, not mode
+    size_policy: Literal["resize64", "pad64"] = "resize64"  # METHOD 1.1: resize to x64
+    dinov2_layer: int = -1  # comparison backbone only: which ViT layer's patch tokens (-1 = last)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start_step < self.num_inference_steps:
+            raise ConfigError(
+                f"start_step={self.start_step} must lie in [0, {self.num_inference_steps})"
+            )
+        if not self.start_step <= self.feature_step < self.num_inference_steps:
+            raise ConfigError(
+                f"feature_step={self.feature_step} must lie in "
+                f"[start_step={self.start_step}, {self.num_inference_steps})"
+            )
+        if not self.blocks:
+            raise ConfigError("blocks must name at least one decoder block")
+        for b in (*self.blocks, self.refine_block):
+            if not 3 <= b <= 11:
+                raise ConfigError(f"block {b} has no attention: use decoder blocks 3..11")
+        if self.aggregation not in ("mean", "concat"):
+            raise ConfigError(f"aggregation={self.aggregation!r}: use 'mean' or 'concat'")
+        if self.normalisation not in ("linf", "l2", "none"):
+            raise ConfigError(f"normalisation={self.normalisation!r}: use 'linf', 'l2' or 'none'")
+        if self.size_policy not in ("resize64", "pad64"):
+            raise ConfigError(f"size_policy={self.size_policy!r}: use 'resize64' or 'pad64'")
+        if self.aggregation == "mean" and len({_block_res(b) for b in self.blocks}) > 1:
+            raise ConfigError(f"blocks {self.blocks} have different resolutions; cannot average")
+
+
+def _block_res(block: int) -> int:
+    """Index of the up-block (1, 2 or 3) that holds reference decoder block ``block``."""
+    return block // 3
+
+
+@dataclass(frozen=True)
+class ContextConfig(_Replaceable):
+    """Stage 2a: k-means initialisation and the autoregressive KNN scene context model."""
+
+    k: int = 20  # METHOD 1.4: --num_masks 20 for VSPW
+    n_init: int = 10  # METHOD 1.4: sklearn KMeans(n_init=10)
+    kmeans_iters: int = 300  # sklearn's default max_iter
+    kmeans_tol: float = 1e-4  # sklearn's default tol (relative to the data's variance)
+    kmeans_scope: Literal["window", "frame1"] = "window"  # METHOD 1.4/4.1: fit on all B frames
+    knn_k: int = 4  # METHOD 1.4: KNeighborsClassifier(n_neighbors=4), uniform, Euclidean
+    knn_chunk: int = 4096  # query rows per distance block; bounds memory, not results
+    memory: Literal["last", "bank"] = "last"  # METHOD 1.5: refit on the last window only
+    memory_size: int = 50_000  # "bank" only: most recent reference tokens kept
+    spawn_threshold: float | None = None  # beyond the paper: new label when NN distance exceeds
+    ignore_index: int = 255  # METHOD 4.2: void ids never become a class
+    seed: int = 0  # k-means++ seeding
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"k={self.k} must be at least 1")
+        if self.n_init < 1 or self.kmeans_iters < 1:
+            raise ConfigError("n_init and kmeans_iters must be at least 1")
+        if self.knn_k < 1:
+            raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
+        if self.memory not in ("last", "bank"):
+            raise ConfigError(f"memory={self.memory!r}: use 'last' or 'bank'")
+        if self.kmeans_scope not in ("window", "frame1"):
+            raise ConfigError(f"kmeans_scope={self.kmeans_scope!r}: use 'window' or 'frame1'")
+
+
+@dataclass(frozen=True)
+class RefineConfig(_Replaceable):
+    """Stage 2b: correspondence-based refinement (dense tracks + majority vote), METHOD 1.6.
+
+    ``paper_compat=True`` reproduces the reference exactly: the signed hop test (only large moves
+    down/right are filtered) and the t = 0 weighting quirk (the first hop compares with frame 1
+    only). The default uses the absolute displacement test and weights the first hop like the
+    others (S_0 = cos to the previous frame, which is frame 1).
+    """
+
+    enabled: bool = True
+    hop_threshold: int = 1  # METHOD 1.6: a hop of more than 1 cell drops the track
+    use_aux: bool = True  # METHOD 1.6: blend similarity to frame 1 with weight 1/(t+1)
+    paper_compat: bool = False  # True: signed hop test and t = 0 quirk, as the reference
+
+    def __post_init__(self) -> None:
+        if self.hop_threshold < 0:
+            raise ConfigError(f"hop_threshold={self.hop_threshold} must be >= 0")
+
+
+@dataclass(frozen=True)
+class UpsampleConfig(_Replaceable):
+    """Stage 3: masked modulation (METHOD 1.7) or a cheap baseline.
+
+    The difference map D_c = blur(||I+ - I-||_2) is computed in float by default. With
+    ``paper_compat=True`` it reproduces the reference's quirks: the decodes are quantised to
+    uint8, subtracted and squared with uint8 wrap-around, and the blurred map is quantised to
+    8 bits, so published numbers can be reproduced (METHOD 1.7 step 3, 4.1 item 7).
+    """
+
+    method: Literal["modulation", "bilinear", "nearest", "bilateral"] = "modulation"
+    lam: float = 50.0  # METHOD 1.7: lambda = 50 on the CLI (sample() default 10 is overridden)
+    modulated_blocks: tuple[int, ...] = (7,)  # METHOD 1.7: output block 7 (H/16)
+    tensor: Literal["attn2_out", "attn1_out"] = "attn2_out"  # METHOD 1.7: cross-attn output
+    modulation_steps: tuple[int, ...] = (22,)  # METHOD 1.2: modulate at t* only
+    inject: bool = True  # METHOD 1.7b: inject stored q/k at every step >= t*
+    injected_blocks: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10, 11)  # METHOD 1.7b: out 1-11
+    blend_steps: tuple[int, ...] = (22, 23)  # METHOD 1.2: blend after steps t* and t*+1
+    blur_kernel: int = 5  # METHOD 1.7: Gaussian 5x5
+    blur_sigma: float = 3.0  # METHOD 1.7: sigma 3
+    outside_weight: float = 0.7  # METHOD 1.7 step 5: filtered output weight outside the mask
+    output: Literal["filtered", "raw"] = "filtered"  # METHOD 1.7: the more plausible one
+    modulation_batch: int = 0  # (class, sign, frame) triples per UNet call; 0 = all at once
+    skip_empty: bool = True  # skip (class, frame) pairs whose mask is empty: their D is 0
+    decode_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # METHOD 1.8: fp32 VAE
+    bilateral_sigma_space: float = 0.5  # joint-bilateral: spatial sigma in coarse cells
+    bilateral_sigma_color: float = 0.1  # joint-bilateral: colour sigma on [0, 1] RGB
+    paper_compat: bool = False  # True: uint8 wrap-around difference, 8-bit maps (see above)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("modulation", "bilinear", "nearest", "bilateral"):
+            raise ConfigError(f"upsample method={self.method!r} is not known")
+        if self.tensor not in ("attn2_out", "attn1_out"):
+            raise ConfigError(f"tensor={self.tensor!r}: use 'attn2_out' or 'attn1_out'")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ConfigError(f"blur_kernel={self.blur_kernel} must be odd and positive")
+        if self.modulation_batch < 0:
+            raise ConfigError("modulation_batch must be >= 0 (0 = everything in one batch)")
+        if self.output not in ("filtered", "raw"):
+            raise ConfigError(f"output={self.output!r}: use 'filtered' or 'raw'")
+
+
+@dataclass(frozen=True)
+class SegmentConfig(_Replaceable):
+    """Everything one segmentation run needs; presets are classmethods."""
+
+    window: int = 14  # METHOD 1.5: B = 14 frames per window
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    upsample: UpsampleConfig = field(default_factory=UpsampleConfig)
+    preset: str = "paper-sd"
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ConfigError(f"window={self.window} must be at least 1")
+
+    # -- presets ---------------------------------------------------------------------------
+    @classmethod
+    def paper_sd(cls) -> SegmentConfig:
+        """The paper's SD 2.1-base settings with the reference code's bugs fixed."""
+        return cls()
+
+    @classmethod
+    def paper_compat(cls) -> SegmentConfig:
+        """Reproduce the reference code exactly, bugs included (METHOD 1.6, 1.7)."""
+        return cls(
+            refine=RefineConfig(paper_compat=True),
+            upsample=UpsampleConfig(paper_compat=True),
+            context=ContextConfig(ignore_index=-1),
+            preset="paper-compat",
+        )
+
+    @classmethod
+    def fast(cls) -> SegmentConfig:
+        """Bilinear upsampling of coarse scores instead of modulation: seconds, not minutes."""
+        return cls(upsample=UpsampleConfig(method="bilinear"), preset="fast")
+
+    @classmethod
+    def tiny(cls) -> SegmentConfig:
+        """Small K and the paper's structure, for the tiny test model and CI smoke runs."""
+        return cls(context=ContextConfig(k=5, n_init=2), preset="tiny")
+
+    @classmethod
+    def from_preset(cls, name: str) -> SegmentConfig:
+        """A preset by its CLI name: paper-sd, paper-compat, fast, tiny."""
+        presets = {
+            "paper-sd": cls.paper_sd,
+            "paper-compat": cls.paper_compat,
+            "fast": cls.fast,
+            "tiny": cls.tiny,
+        }
+        if name not in presets:
+            raise ConfigError(f"preset {name!r} is not known; choose from {sorted(presets)}")
+        return presets[name]()
+
+    # -- flat replace ----------------------------------------------------------------------
+    def replace(self, **changes: Any) -> SegmentConfig:
+        """A copy with ``changes``; names of stage-config fields are routed to their stage.
+
+        ``cfg.replace(k=10, lam=20.0)`` sets ``context.k`` and ``upsample.lam``. A name that
+        several stages share (``seed``, ``paper_compat``) must be given through the stage,
+        e.g. ``cfg.replace(refine=cfg.refine.replace(paper_compat=True))``.
+        """
+        top = {f.name for f in fields(self)}
+        direct = {k: v for k, v in changes.items() if k in top}
+        routed: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            if key in top:
+                continue
+            owners = [
+                name
+                for name in ("features", "context", "refine", "upsample")
+                if key in {f.name for f in fields(getattr(self, name))}
+            ]
+            if not owners:
+                raise ConfigError(f"no config field is called {key!r}")
+            if len(owners) > 1:
+                raise ConfigError(f"{key!r} is a field of {owners}; set it through the stage")
+            routed.setdefault(owners[0], {})[key] = value
+        for stage, stage_changes in routed.items():
+            base = direct.get(stage, getattr(self, stage))
+            direct[stage] = base.replace(**stage_changes)
+        return dataclasses.replace(self, **direct)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentConfig:
+        """Inverse of :meth:`to_dict` (as stored in manifest.json)."""
+        sub = {
+            "features": FeatureConfig,
+            "context": ContextConfig,
+            "refine": RefineConfig,
+            "upsample": UpsampleConfig,
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sub:
+                tuples = {
+                    f.name for f in fields(sub[key]) if str(f.type).startswith("tuple")
+                }
+                value = {k: tuple(v) if k in tuples else v for k, v in value.items()}
+                kwargs[key] = sub[key](**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)

@@ -1,0 +1,68 @@
+"""Typed exceptions of zsvss.
+
+Every error that bad input can cause is a subclass of :class:`ZsvssError` with a one-line
+message naming the input and the problem. The CLI turns them into exit code 2 and one line on
+stderr; the API lets them propagate so callers can catch them by type.
+"""
+
+from __future__ import annotations
+
+
+class ZsvssError(Exception):
+    """Base class of every error zsvss raises on purpose."""
+
+
+class InputError(ZsvssError, ValueError):
+    """An input (file, folder, array, mask) is not usable as given."""
+
+
+class VideoNotFoundError(InputError, FileNotFoundError):
+    """A video path that does not exist."""
+
+
+class EmptyVideoError(InputError):
+    """A folder or file that holds no frames."""
+
+
+class VideoDecodeError(InputError):
+    """A video file that cannot be decoded (corrupt, truncated, not a video)."""
+
+
+class FrameSizeError(InputError):
+    """Frames of mixed sizes, or frames too small for the feature grid."""
+
+
+class UnsupportedImageError(InputError):
+    """An image whose pixel format cannot be converted to 8-bit RGB safely."""
+
+
+class LabelError(InputError):
+    """A ground-truth or prediction mask of the wrong size or with ids outside the class range."""
+
+
+class PredictionMissingError(InputError):
+    """A prediction folder that lacks frames the ground truth has."""
+
+
+class DatasetLayoutError(InputError):
+    """A dataset root whose folder layout does not match the named format."""
+
+
+class ConfigError(ZsvssError, ValueError):
+    """A configuration value that cannot work (e.g. K larger than the number of tokens)."""
+
+
+class ModelNotFoundError(ZsvssError, FileNotFoundError):
+    """No model weights where the user pointed, or nowhere zsvss looked."""
+
+
+class IncompleteModelError(ModelNotFoundError):
+    """A model folder or checkpoint that lacks a component the method needs."""
+
+
+class MissingDependencyError(ZsvssError, ImportError):
+    """An optional package needed for the requested feature is not installed."""
+
+
+class DeviceOutOfMemoryError(ZsvssError, RuntimeError):
+    """The device ran out of memory; the message says which knobs reduce memory."""

@@ -1,0 +1,294 @@
+"""The Segmenter: streams a video's windows through the three stages and writes the outputs.
+
+Per window (DESIGN.md data flow): 1 features -> 2a scene context (KNN) -> 2b refinement ->
+2c context update -> 3 upsampling. Only the current window's tensors and caches are alive, so
+memory stays flat however long the video is; nothing touches the disk between stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .config import SegmentConfig
+from .context import SceneContext
+from .errors import DeviceOutOfMemoryError, LabelError
+from .features import extract
+from .refine import refine
+from .upsample import upsample
+from .video import Video, atomic_write_png, open_video, to_grid, window_spans, write_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """One output frame. Unpacks as ``index, labels`` (labels: LongTensor [H, W]).
+
+    With ``return_debug``: coarse and refined [h, w] maps, the unfiltered labels, the per-class
+    normalised difference maps diff [K, H', W'] (modulation only) and the class ids of diff.
+    """
+
+    index: int
+    labels: torch.Tensor
+    name: str = ""
+    frame: torch.Tensor | None = None
+    coarse: torch.Tensor | None = None
+    refined: torch.Tensor | None = None
+    raw_labels: torch.Tensor | None = None
+    diff: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+
+    def __iter__(self):
+        return iter((self.index, self.labels))
+
+
+@dataclass
+class RunStats:
+    """Cost of a run: seconds per stage, model evaluations, peak memory."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    frames: int = 0
+    windows: int = 0
+    frames_processed: int = 0
+    unet_evals: int = 0
+    vae_decodes: int = 0
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for key, value in seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(self.frames, 1)
+        return {
+            "frames": self.frames,
+            "windows": self.windows,
+            "frames_processed": self.frames_processed,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "seconds_total": round(sum(self.seconds.values()), 4),
+            "seconds_per_frame": round(sum(self.seconds.values()) / n, 4),
+            "unet_evals_per_frame": self.unet_evals / n,
+            "vae_decodes_per_frame": self.vae_decodes / n,
+            "peak_rss_gb": peak_rss_gb(),
+            "peak_device_gb": peak_device_gb(),
+        }
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, in GiB."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 3)
+
+
+def peak_device_gb() -> float | None:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return None
+
+
+def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
+    """A GT mask (PNG path or array [H, W]) as LongTensor, checked against the video's size."""
+    from PIL import Image
+
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise LabelError(f"first-frame GT {path} does not exist")
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise LabelError(f"first-frame GT {path} is mode {im.mode}; expected label ids")
+            array = np.array(im)
+        name = str(path)
+    else:
+        array, name = np.asarray(src), "first-frame GT array"
+    if array.ndim != 2:
+        raise LabelError(f"{name} has shape {array.shape}; expected [H, W] label ids")
+    if tuple(array.shape) != tuple(size_hw):
+        raise LabelError(
+            f"{name} is {array.shape[1]}x{array.shape[0]} but the video is "
+            f"{size_hw[1]}x{size_hw[0]}"
+        )
+    return torch.from_numpy(array.astype(np.int64))
+
+
+class Segmenter:
+    """Run the method on videos: ``for index, labels in seg.segment(video)`` or ``seg.run``."""
+
+    def __init__(self, backbone: Backbone, cfg: SegmentConfig | None = None) -> None:
+        self.backbone = backbone
+        self.cfg = cfg or SegmentConfig.paper_sd()
+        self.stats = RunStats()
+
+    def segment(
+        self,
+        video,
+        first_frame_gt=None,
+        return_debug: bool = False,
+        progress: bool = True,
+    ) -> Iterator[FrameResult]:
+        """Yield a :class:`FrameResult` per frame, in order, each frame once.
+
+        ``video``: anything :func:`open_video` takes, or a :class:`Video`. ``first_frame_gt``:
+        a label PNG or array at the video's size; clusters then take frame-1 GT classes
+        (METHOD 1.4 step 2, the paper's protocol).
+        """
+        video = video if isinstance(video, Video) else open_video(video)
+        cfg = self.cfg
+        stats = self.stats = RunStats(frames=len(video))
+        gt = None
+        if first_frame_gt is not None:
+            w, h = video.size
+            gt = load_label_mask(first_frame_gt, (h, w))
+        context = SceneContext(cfg.context)
+        n_windows = len(window_spans(len(video), cfg.window))
+        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress,
+                   leave=False)
+        try:
+            for window in video.windows(cfg.window):
+                try:
+                    results = self._window(window, context, gt, return_debug, stats)
+                except torch.OutOfMemoryError as err:
+                    raise DeviceOutOfMemoryError(
+                        f"out of memory on {self.backbone.device} for a {len(window.indices)}-"
+                        "frame window: lower the window size (--window), "
+                        "upsample.modulation_batch, or use --dtype float16/bfloat16"
+                    ) from err
+                bar.update(1)
+                yield from results
+        finally:
+            bar.close()
+
+    def _window(self, window, context, gt, return_debug, stats) -> list[FrameResult]:
+        cfg = self.cfg
+        stats.windows += 1
+        stats.frames_processed += len(window.indices)
+        feats = extract(self.backbone, window, cfg)  # 1. features
+        stats.add(feats.seconds)
+        stats.unet_evals += feats.unet_evals
+        tic = time.perf_counter()
+        if not context.initialised:  # 2a. scene context (k-means on the first window)
+            grid_gt = None
+            if gt is not None:
+                grid_gt = to_grid(gt, feats.geometry, feats.grid_hw)
+            context.initialise(feats.features, grid_gt)
+        coarse = context.predict(feats.features)
+        stats.add({"context": time.perf_counter() - tic})
+        tic = time.perf_counter()
+        refined = refine(coarse, feats.refine_features, cfg.refine)  # 2b. refinement
+        stats.add({"refine": time.perf_counter() - tic})
+        tic = time.perf_counter()
+        context.update(feats.features, refined)  # 2c. autoregressive update
+        stats.add({"context": time.perf_counter() - tic})
+        up = upsample(self.backbone, feats, refined, cfg)  # 3. upsampling
+        stats.add(up.seconds)
+        stats.unet_evals += up.unet_evals
+        stats.vae_decodes += up.vae_decodes
+        out = []
+        for j, (index, name) in enumerate(zip(window.indices, window.names, strict=True)):
+            if not bool(window.is_new[j]):
+                continue
+            result = FrameResult(index=index, labels=up.labels[j].cpu(), name=name,
+                                 frame=window.frames[j])
+            if return_debug:
+                result.coarse = coarse[j].cpu()
+                result.refined = refined[j].cpu()
+                result.classes = up.classes.cpu()
+                if up.raw_labels is not None:
+                    result.raw_labels = up.raw_labels[j].cpu()
+                if up.diff is not None:
+                    result.diff = up.diff[:, j].cpu()
+            out.append(result)
+        return out
+
+    def run(
+        self,
+        video,
+        out_dir: str | Path,
+        first_frame_gt=None,
+        overlay: bool = True,
+        class_names: dict[int, str] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Segment ``video`` and write labels/, color/, overlay.mp4 and manifest.json to out_dir.
+
+        Every file is written atomically; manifest.json is written last, so its presence marks
+        a finished run. Returns the manifest.
+        """
+        from .viz import colorize, overlay_panel
+
+        out = Path(out_dir)
+        video = video if isinstance(video, Video) else open_video(video)
+        (out / "labels").mkdir(parents=True, exist_ok=True)
+        (out / "color").mkdir(parents=True, exist_ok=True)
+        started = time.time()
+
+        def frames():
+            for result in self.segment(video, first_frame_gt, progress=progress):
+                labels = result.labels
+                if int(labels.max()) > 255 or int(labels.min()) < 0:
+                    raise LabelError(f"label ids {int(labels.max())} do not fit a uint8 PNG")
+                ids = labels.numpy().astype(np.uint8)
+                tic = time.perf_counter()
+                atomic_write_png(out / "labels" / f"{result.name}.png", ids)
+                atomic_write_png(out / "color" / f"{result.name}.png", colorize(ids))
+                panel = None
+                if overlay:
+                    rgb = result.frame.permute(1, 2, 0).cpu().numpy()
+                    panel = overlay_panel(rgb, ids, class_names=class_names)
+                self.stats.add({"write": time.perf_counter() - tic})
+                yield panel
+
+        if overlay:
+            write_video(out / "overlay.mp4", frames(), fps=video.fps or 10.0)
+        else:
+            for _ in frames():
+                pass
+        manifest = self.manifest(video, first_frame_gt, started)
+        tmp = out / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        tmp.replace(out / "manifest.json")
+        return manifest
+
+    def manifest(self, video, first_frame_gt, started: float) -> dict[str, Any]:
+        """What reproduces the run: config, model identity and hash, versions, seed, costs."""
+        import diffusers
+        import transformers
+
+        from . import __version__
+
+        identity = {k: v for k, v in self.backbone.identity.items() if k != "files"}
+        identity["sha256"] = self.backbone.fingerprint()
+        return {
+            "zsvss_version": __version__,
+            "video": {"source": video.source, "frames": len(video), "size": list(video.size),
+                      "fps": video.fps},
+            "first_frame_gt": str(first_frame_gt) if first_frame_gt is not None else None,
+            "config": self.cfg.to_dict(),
+            "seed": self.cfg.features.seed,
+            "model": identity,
+            "device": str(self.backbone.device),
+            "dtype": str(self.backbone.dtype).replace("torch.", ""),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+                "numpy": np.__version__,
+            },
+            "stats": self.stats.to_dict(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "wall_seconds": round(time.time() - started, 3),
+        }

@@ -1,0 +1,384 @@
+"""Stage 3: full-resolution labels from coarse maps, by masked modulation or a cheap baseline.
+
+Masked modulation (METHOD.md 1.7, EmerDiff-style): for every class c of the refined coarse map
+and sign s in {+1, -1}, re-run the denoising from the window's z_{t*} while adding s*lambda*m_c
+to an attention output at t*, replaying the unmodulated pass's q/k at every step and resetting
+the latent outside the mask after the blending steps; decode I+ and I-, and take
+D_c = blur(||I+ - I-||_2). Labels are the argmax over classes of the per-frame-normalised D_c.
+
+Unlike the reference code (one pass per class and sign over all frames, q/k re-read from disk),
+all (class, sign, frame) triples go through the UNet as one batch, chunked by
+``modulation_batch``; a triple whose mask is empty in its frame is skipped because its D is
+exactly zero (the modulation and the blending mask are both zero there, so I+ equals I-).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .config import SegmentConfig, UpsampleConfig
+from .errors import ConfigError
+from .features import FeatureResult, block_stride, cfg_embeddings, unet_eps
+
+
+@dataclass
+class UpsampleResult:
+    """labels: [B, H, W] class ids at the original size; raw_labels: the unfiltered variant.
+
+    diff: per-class normalised difference maps [K, B, H', W'] at the processed size (modulation
+    only); classes: [K] the ids the maps stand for.
+    """
+
+    labels: torch.Tensor
+    classes: torch.Tensor
+    raw_labels: torch.Tensor | None = None
+    diff: torch.Tensor | None = None
+    unet_evals: int = 0
+    vae_decodes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- small kernels --------------------------------------------------------------------------
+def gaussian_kernel1d(size: int, sigma: float, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, as cv2.getGaussianKernel(size, sigma)."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).float()
+
+
+def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N, H, W] with reflect-101 borders (cv2.GaussianBlur's)."""
+    k = gaussian_kernel1d(size, sigma, x.device).to(x.dtype)
+    r = size // 2
+    y = x.unsqueeze(1)
+    pad_h, pad_w = min(r, y.shape[-2] - 1), min(r, y.shape[-1] - 1)
+    y = F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
+    y = F.conv2d(y, k[r - pad_w : r + pad_w + 1].view(1, 1, 1, -1))
+    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
+    y = F.conv2d(y, k[r - pad_h : r + pad_h + 1].view(1, 1, -1, 1))
+    return y.squeeze(1)
+
+
+def lanczos_matrix(n_in: int, n_out: int, a: int = 3, device=None) -> torch.Tensor:
+    """[n_out, n_in] resampling weights of PIL's LANCZOS filter (support a, normalised rows)."""
+    scale = n_in / n_out
+    support = a * max(scale, 1.0)
+    centre = (torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * scale
+    j = torch.arange(n_in, dtype=torch.float64, device=device)
+    x = (j[None, :] + 0.5 - centre[:, None]) / max(scale, 1.0)
+    w = torch.where(x.abs() < a, torch.sinc(x) * torch.sinc(x / a), torch.zeros_like(x))
+    w = torch.where((j[None, :] + 0.5 - centre[:, None]).abs() < support, w, torch.zeros_like(w))
+    return (w / w.sum(1, keepdim=True)).float()
+
+
+def lanczos_upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize [..., h, w] to [..., H, W] with separable Lanczos-3 (PIL LANCZOS), METHOD 1.7.5."""
+    h, w = masks.shape[-2:]
+    wy = lanczos_matrix(h, size[0], device=masks.device)
+    wx = lanczos_matrix(w, size[1], device=masks.device)
+    return torch.einsum("Hh,...hw,Ww->...HW", wy, masks.float(), wx)
+
+
+def one_hot_maps(coarse: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] label ids -> [K, B, h, w] float masks, one per id in ``classes``."""
+    return (coarse.unsqueeze(0) == classes.view(-1, 1, 1, 1)).float()
+
+
+def _restore_argmax(
+    scores: torch.Tensor, classes: torch.Tensor, geometry, fallback: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per frame: scores [K, B, H', W'] -> restored to the original size -> class ids [B, H, W].
+
+    Where every score is zero (no evidence at all) the ``fallback`` ids [B, H', W'] are used.
+    """
+    from .video import restore
+
+    out = []
+    for f in range(scores.shape[1]):
+        s = scores[:, f]
+        ids = classes[restore(s, geometry, mode="bilinear").argmax(0)]
+        if fallback is not None:
+            empty = restore((s.amax(0) <= 0).float()[None], geometry, mode="nearest")[0] > 0.5
+            fb = restore(fallback[f][None].float(), geometry, mode="nearest")[0].long()
+            ids = torch.where(empty, fb, ids)
+        out.append(ids)
+    return torch.stack(out)
+
+
+def nearest_labels(coarse: torch.Tensor, geometry, size: tuple[int, int]) -> torch.Tensor:
+    """Coarse ids [B, h, w] -> processed size ``size`` (H', W') -> original size, nearest."""
+    from .video import restore
+
+    up = F.interpolate(coarse[:, None].float(), size=size, mode="nearest")[:, 0]
+    return restore(up, geometry, mode="nearest").round().long()
+
+
+def bilinear_labels(
+    coarse: torch.Tensor, classes: torch.Tensor, geometry, size: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinear upsampling of per-class one-hot scores, then argmax: [B, H, W] ids."""
+    scores = torch.stack(
+        [
+            F.interpolate(one_hot_maps(coarse[f : f + 1], classes)[:, 0][None], size=size,
+                          mode="bilinear", align_corners=False)[0]
+            for f in range(coarse.shape[0])
+        ],
+        dim=1,
+    )
+    return _restore_argmax(scores, classes, geometry)
+
+
+def joint_bilateral_scores(
+    scores: torch.Tensor, guide: torch.Tensor, sigma_space: float, sigma_color: float,
+    radius: int = 2,
+) -> torch.Tensor:
+    """Joint-bilateral upsampling (Kopf et al. 2007) of coarse scores [K, h, w] to the guide's size.
+
+    ``guide``: the frame [3, H, W] in [0, 1]. Each output pixel averages the coarse cells within
+    ``radius`` cells, weighted by spatial distance (``sigma_space`` in cells) and by colour
+    distance between the pixel and the cell's mean colour (``sigma_color``). Loops run over
+    the (2r+1)^2 offsets only.
+    """
+    K, h, w = scores.shape
+    H, W = guide.shape[-2:]
+    cell_rgb = F.adaptive_avg_pool2d(guide[None], (h, w))[0]  # [3, h, w]
+    uy = (torch.arange(H, device=guide.device) + 0.5) * h / H - 0.5
+    ux = (torch.arange(W, device=guide.device) + 0.5) * w / W - 0.5
+    cy, cx = uy.round().long(), ux.round().long()
+    num = torch.zeros(K, H, W, device=guide.device)
+    den = torch.zeros(1, H, W, device=guide.device)
+    for dy in range(-radius, radius + 1):
+        qy = (cy + dy).clamp(0, h - 1)
+        wy = torch.exp(-((uy - qy) ** 2) / (2 * sigma_space**2))
+        for dx in range(-radius, radius + 1):
+            qx = (cx + dx).clamp(0, w - 1)
+            wx = torch.exp(-((ux - qx) ** 2) / (2 * sigma_space**2))
+            rgb = cell_rgb[:, qy][:, :, qx]
+            wc = torch.exp(-((guide - rgb) ** 2).sum(0) / (2 * sigma_color**2))
+            weight = (wy[:, None] * wx[None, :] * wc)[None]
+            num += weight * scores[:, qy][:, :, qx]
+            den += weight
+    return num / den.clamp_min(1e-12)
+
+
+def bilateral_labels(
+    coarse: torch.Tensor, classes: torch.Tensor, images: torch.Tensor, geometry,
+    cfg: UpsampleConfig,
+) -> torch.Tensor:
+    """Image-guided upsampling of one-hot coarse scores [B, h, w] with the frames [B, 3, H', W']."""
+    scores = torch.stack(
+        [
+            joint_bilateral_scores(one_hot_maps(coarse[f : f + 1], classes)[:, 0], images[f],
+                                   cfg.bilateral_sigma_space, cfg.bilateral_sigma_color)
+            for f in range(coarse.shape[0])
+        ],
+        dim=1,
+    )
+    return _restore_argmax(scores, classes, geometry)
+
+
+# -- masked modulation -----------------------------------------------------------------------
+def plan_triples(masks: torch.Tensor, skip_empty: bool) -> torch.Tensor:
+    """(class index, sign, frame) rows [T, 3] for masks [K, B, h, w]; +1 before -1 per pair."""
+    K, B = masks.shape[:2]
+    k, f = torch.meshgrid(torch.arange(K), torch.arange(B), indexing="ij")
+    k, f = k.flatten(), f.flatten()
+    if skip_empty:
+        keep = masks.flatten(2).any(-1).flatten().cpu()
+        k, f = k[keep], f[keep]
+    pairs = torch.stack([k, f], 1)
+    plus = torch.cat([pairs[:, :1], torch.ones_like(pairs[:, :1]), pairs[:, 1:]], 1)
+    minus = plus.clone()
+    minus[:, 1] = -1
+    return torch.stack([plus, minus], 1).flatten(0, 1)
+
+
+def _chunks(triples: torch.Tensor, batch: int, num_frames: int) -> list[torch.Tensor]:
+    """Index sets of ``triples`` per UNet call; batch 1 = one pass per class and sign (reference)."""
+    if batch == 1:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (k, s, _f) in enumerate(triples.tolist()):
+            groups.setdefault((k, s), []).append(i)
+        return [torch.tensor(v) for v in groups.values()]
+    size = triples.shape[0] if batch == 0 else 2 * max(1, batch // 2)
+    return list(torch.arange(triples.shape[0]).split(size))
+
+
+def _check_steps(cfg: SegmentConfig) -> None:
+    start, end = cfg.features.start_step, cfg.features.num_inference_steps
+    ucfg = cfg.upsample
+    for name in ("modulation_steps", "blend_steps"):
+        bad = [s for s in getattr(ucfg, name) if not start <= s < end]
+        if bad:
+            raise ConfigError(f"upsample.{name} {bad} lie outside the denoising steps [{start}, {end})")
+    if ucfg.inject:
+        missing = [b for b in (*ucfg.modulated_blocks,) if not 3 <= b <= 11]
+        if missing:
+            raise ConfigError(f"modulated_blocks {missing} have no attention")
+
+
+def difference_maps(plus: torch.Tensor, minus: torch.Tensor, cfg: UpsampleConfig) -> torch.Tensor:
+    """D = blur(||I+ - I-||_2 over RGB) for decodes [n, 3, H, W] in [0, 1] -> [n, H, W].
+
+    ``paper_compat``: the decodes become uint8, the difference and its square wrap modulo 256
+    (numpy uint8 arithmetic), channels are summed without wrap, and the blurred map is rounded
+    to 8 bits, as the reference's JPEG maps are (JPEG artefacts are not reproduced).
+    """
+    if cfg.paper_compat:
+        a = (plus * 255).to(torch.uint8).long()
+        b = (minus * 255).to(torch.uint8).long()
+        diff = (a - b) % 256
+        sq = (diff * diff) % 256
+        dist = sq.sum(1).float().sqrt()
+        return gaussian_blur(dist, cfg.blur_kernel, cfg.blur_sigma).round().clamp(0, 255)
+    dist = (plus.float() - minus.float()).pow(2).sum(1).sqrt()
+    return gaussian_blur(dist, cfg.blur_kernel, cfg.blur_sigma)
+
+
+@torch.inference_mode()
+def modulate(
+    backbone: Backbone,
+    feats: FeatureResult,
+    coarse: torch.Tensor,
+    cfg: SegmentConfig | None = None,
+    classes: torch.Tensor | None = None,
+) -> UpsampleResult:
+    """Masked-modulation upsampling of refined coarse labels [B, h, w] for one window.
+
+    ``feats`` is the window's :class:`FeatureResult` (with caches). ``classes`` fixes the label
+    ids to consider (default: those present in ``coarse``). Returns labels at the original size.
+    """
+    from .attention import AttentionController
+
+    cfg = cfg or SegmentConfig.paper_sd()
+    ucfg = cfg.upsample
+    if backbone.kind != "sd":
+        raise ConfigError(f"masked modulation needs a diffusion backbone, not {backbone.kind!r}")
+    if feats.z_start is None or (ucfg.inject and not feats.cache):
+        raise ConfigError("features were extracted without caches: call extract(keep_cache=True)")
+    _check_steps(cfg)
+    seconds = {"modulation_unet": 0.0, "decode": 0.0, "difference": 0.0}
+    coarse = coarse.to(backbone.device)
+    classes = torch.unique(coarse) if classes is None else classes.to(coarse.device)
+    masks = one_hot_maps(coarse, classes)  # [K, B, h, w] at the feature grid
+    K, B = masks.shape[:2]
+    H, W = feats.images.shape[-2:]
+    triples = plan_triples(masks > 0, ucfg.skip_empty and ucfg.modulation_batch != 1)
+    emb = cfg_embeddings(backbone, cfg.features.prompt, cfg.features.guidance_scale)
+    halves = emb.shape[0]
+    sched = feats.schedule
+    start, end = cfg.features.start_step, cfg.features.num_inference_steps
+
+    def mask_at(stride: int, k: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        m = masks[k, f][:, None]
+        return F.interpolate(m, size=(H // stride, W // stride), mode="nearest")[:, 0]
+
+    finals = torch.empty(triples.shape[0], *feats.z_start.shape[1:], device=backbone.device)
+    unet_evals = 0
+    tic = time.perf_counter()
+    with AttentionController(backbone.unet) as ctl:
+        ctl.plan.inject = feats.cache if ucfg.inject else {}
+        ctl.plan.halves = halves
+        ctl.plan.modulation_layer = "attn2" if ucfg.tensor == "attn2_out" else "attn1"
+        ctl.plan.modulation_steps = frozenset(ucfg.modulation_steps)
+        for idx in _chunks(triples, ucfg.modulation_batch, B):
+            k, s, f = triples[idx].unbind(1)
+            k, f = k.to(coarse.device), f.to(coarse.device)
+            sign = s.to(backbone.device, torch.float32)[:, None]
+            ctl.plan.inject_frames = f
+            ctl.plan.modulation = {
+                b: ucfg.lam * sign * mask_at(block_stride(b), k, f).flatten(1)
+                for b in ucfg.modulated_blocks
+            }
+            blend = mask_at(8, k, f)[:, None]
+            z = feats.z_start[f]
+            for i in range(start, end):
+                ctl.plan.step = i
+                eps = unet_eps(backbone, z, float(sched.sigmas[i]), float(sched.timesteps[i]),
+                               emb, cfg.features.guidance_scale)
+                z = z + (sched.sigmas[i + 1] - sched.sigmas[i]).item() * eps
+                if i in ucfg.blend_steps:
+                    z = blend * z + (1 - blend) * feats.latents[i][f]
+                unet_evals += z.shape[0] * halves
+            finals[idx] = z
+    seconds["modulation_unet"] = time.perf_counter() - tic
+
+    # decode + and - of each (class, frame) pair together and keep only D
+    diff = torch.zeros(K, B, H, W, device=backbone.device)
+    dtype = getattr(torch, ucfg.decode_dtype)
+    pair_batch = max(1, (ucfg.modulation_batch or 2 * triples.shape[0]) // 2)
+    vae_decodes = 0
+    for pairs in torch.arange(triples.shape[0] // 2).split(pair_batch):
+        tic = time.perf_counter()
+        plus_minus = backbone.decode(
+            finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()], dtype=dtype
+        )
+        vae_decodes += plus_minus.shape[0]
+        seconds["decode"] += time.perf_counter() - tic
+        tic = time.perf_counter()
+        d = difference_maps(plus_minus[0::2], plus_minus[1::2], ucfg)
+        rows = triples[2 * pairs]
+        diff[rows[:, 0].to(diff.device), rows[:, 2].to(diff.device)] = d
+        seconds["difference"] += time.perf_counter() - tic
+    if ucfg.modulation_batch == 1 or not ucfg.skip_empty:
+        pass  # every pair was computed
+    tic = time.perf_counter()
+    diff = diff / (diff.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # METHOD 1.7.4
+    up = lanczos_upsample(masks, (H, W)).clamp(0, 1)
+    filtered = diff * (up + ucfg.outside_weight * (1 - up))  # METHOD 1.7.5
+    fallback = None if ucfg.paper_compat else F.interpolate(
+        coarse[:, None].float(), size=(H, W), mode="nearest")[:, 0].long()
+    raw_labels = _restore_argmax(diff, classes, feats.geometry, fallback)
+    filt_labels = _restore_argmax(filtered, classes, feats.geometry, fallback)
+    seconds["difference"] += time.perf_counter() - tic
+    labels = filt_labels if ucfg.output == "filtered" else raw_labels
+    return UpsampleResult(
+        labels=labels,
+        classes=classes,
+        raw_labels=raw_labels,
+        diff=diff,
+        unet_evals=unet_evals,
+        vae_decodes=vae_decodes,
+        seconds=seconds,
+    )
+
+
+def upsample(
+    backbone: Backbone, feats: FeatureResult, coarse: torch.Tensor, cfg: SegmentConfig,
+    classes: torch.Tensor | None = None,
+) -> UpsampleResult:
+    """Stage 3 by ``cfg.upsample.method``: modulation, bilinear, nearest or bilateral."""
+    method = cfg.upsample.method
+    if method == "modulation" and backbone.kind == "sd":
+        return modulate(backbone, feats, coarse, cfg, classes)
+    tic = time.perf_counter()
+    coarse = coarse.to(feats.images.device)
+    classes = torch.unique(coarse) if classes is None else classes.to(coarse.device)
+    size = tuple(feats.images.shape[-2:])
+    if method == "nearest":
+        labels = nearest_labels(coarse, feats.geometry, size)
+    elif method == "bilateral":
+        labels = bilateral_labels(coarse, classes, feats.images, feats.geometry, cfg.upsample)
+    else:  # bilinear, and the fallback for backbones that cannot modulate
+        labels = bilinear_labels(coarse, classes, feats.geometry, size)
+    return UpsampleResult(labels=labels, classes=classes,
+                          seconds={"upsample": time.perf_counter() - tic})
+
+
+__all__ = [
+    "UpsampleResult",
+    "modulate",
+    "upsample",
+    "difference_maps",
+    "gaussian_blur",
+    "lanczos_upsample",
+    "joint_bilateral_scores",
+    "plan_triples",
+]
+_ = math  # math is used by callers through gaussian_kernel1d's docs only
