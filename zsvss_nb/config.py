@@ -42,6 +42,7 @@ class FeatureConfig(_Replaceable):
     seed: int = 1  # METHOD 1.8: seed 1, reset before every window
     sample_posterior: bool = True  # METHOD 1.1: VAE posterior sample, not mode
     size_policy: Literal["resize64", "pad64"] = "resize64"  # METHOD 1.1: resize to x64
+    max_side: int | None = None  # beyond the paper: downscale so the longer side <= this
     dinov2_layer: int = -1  # comparison backbone only: which ViT layer's patch tokens (-1 = last)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,9 @@ class UpsampleConfig(_Replaceable):
     outside_weight: float = 0.7  # METHOD 1.7 step 5: filtered output weight outside the mask
     output: Literal["filtered", "raw"] = "filtered"  # METHOD 1.7: the more plausible one
     modulation_batch: int = 0  # (class, sign, frame) triples per UNet call; 0 = all at once
+    execution: Literal["batched", "reference"] = "batched"  # "reference": the reference code's
+    # structure (one pass per class and sign over all frames, every frame decoded, the
+    # unmodulated pass decoded too, fp32 VAE) without its disk traffic, for benchmarks
     skip_empty: bool = True  # skip (class, frame) pairs whose mask is empty: their D is 0
     decode_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # METHOD 1.8: fp32 VAE
     bilateral_sigma_space: float = 0.5  # joint-bilateral: spatial sigma in coarse cells
@@ -162,6 +166,8 @@ class UpsampleConfig(_Replaceable):
             raise ConfigError(f"blur_kernel={self.blur_kernel} must be odd and positive")
         if self.modulation_batch < 0:
             raise ConfigError("modulation_batch must be >= 0 (0 = everything in one batch)")
+        if self.execution not in ("batched", "reference"):
+            raise ConfigError(f"execution={self.execution!r}: use 'batched' or 'reference'")
         if self.output not in ("filtered", "raw"):
             raise ConfigError(f"output={self.output!r}: use 'filtered' or 'raw'")
 

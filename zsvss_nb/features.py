@@ -169,6 +169,7 @@ def extract(
         (frames * 255).round().to(torch.uint8) if frames.is_floating_point() else frames,
         fcfg.size_policy,
         backbone.size_multiple,
+        fcfg.max_side,
     )
     images = images.to(backbone.device)
     if backbone.kind == "dinov2":

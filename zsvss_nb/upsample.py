@@ -14,7 +14,6 @@ exactly zero (the modulation and the blending mask are both zero there, so I+ eq
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -269,7 +268,9 @@ def modulate(
     masks = one_hot_maps(coarse, classes)  # [K, B, h, w] at the feature grid
     K, B = masks.shape[:2]
     H, W = feats.images.shape[-2:]
-    triples = plan_triples(masks > 0, ucfg.skip_empty and ucfg.modulation_batch != 1)
+    reference = ucfg.execution == "reference"
+    batch = 1 if reference else ucfg.modulation_batch
+    triples = plan_triples(masks > 0, ucfg.skip_empty and batch != 1)
     emb = cfg_embeddings(backbone, cfg.features.prompt, cfg.features.guidance_scale)
     halves = emb.shape[0]
     sched = feats.schedule
@@ -287,7 +288,7 @@ def modulate(
         ctl.plan.halves = halves
         ctl.plan.modulation_layer = "attn2" if ucfg.tensor == "attn2_out" else "attn1"
         ctl.plan.modulation_steps = frozenset(ucfg.modulation_steps)
-        for idx in _chunks(triples, ucfg.modulation_batch, B):
+        for idx in _chunks(triples, batch, B):
             k, s, f = triples[idx].unbind(1)
             k, f = k.to(coarse.device), f.to(coarse.device)
             sign = s.to(backbone.device, torch.float32)[:, None]
@@ -311,9 +312,14 @@ def modulate(
 
     # decode + and - of each (class, frame) pair together and keep only D
     diff = torch.zeros(K, B, H, W, device=backbone.device)
-    dtype = getattr(torch, ucfg.decode_dtype)
-    pair_batch = max(1, (ucfg.modulation_batch or 2 * triples.shape[0]) // 2)
+    dtype = torch.float32 if reference else getattr(torch, ucfg.decode_dtype)
+    pair_batch = B if reference else max(1, (batch or 2 * triples.shape[0]) // 2)
     vae_decodes = 0
+    if reference:  # the reference decodes the unmodulated pass too, though nothing uses it
+        tic = time.perf_counter()
+        backbone.decode(feats.latents[end - 1], dtype=dtype)
+        vae_decodes += B
+        seconds["decode"] += time.perf_counter() - tic
     for pairs in torch.arange(triples.shape[0] // 2).split(pair_batch):
         tic = time.perf_counter()
         plus_minus = backbone.decode(
@@ -326,8 +332,6 @@ def modulate(
         rows = triples[2 * pairs]
         diff[rows[:, 0].to(diff.device), rows[:, 2].to(diff.device)] = d
         seconds["difference"] += time.perf_counter() - tic
-    if ucfg.modulation_batch == 1 or not ucfg.skip_empty:
-        pass  # every pair was computed
     tic = time.perf_counter()
     diff = diff / (diff.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # METHOD 1.7.4
     up = lanczos_upsample(masks, (H, W)).clamp(0, 1)
@@ -381,4 +385,3 @@ __all__ = [
     "joint_bilateral_scores",
     "plan_triples",
 ]
-_ = math  # math is used by callers through gaussian_kernel1d's docs only

@@ -623,9 +623,17 @@ class Geometry:
 
 
 def geometry_for(
-    height: int, width: int, policy: Policy = "resize64", multiple: int = 64
+    height: int,
+    width: int,
+    policy: Policy = "resize64",
+    multiple: int = 64,
+    max_side: int | None = None,
 ) -> Geometry:
-    """The :class:`Geometry` of ``height`` x ``width`` frames, computed without pixels."""
+    """The :class:`Geometry` of ``height`` x ``width`` frames, computed without pixels.
+
+    ``max_side`` (resize64 only, beyond the paper) first scales the frame down so its longer
+    side is at most ``max_side``: a cheaper run at the cost of detail.
+    """
     if policy not in _POLICIES:
         raise ConfigError(f"size policy {policy!r}: use 'resize64' or 'pad64'")
     if multiple < 1:
@@ -636,15 +644,28 @@ def geometry_for(
             f"{multiple}x{multiple} pixels"
         )
     if policy == "resize64":
-        processed = (height // multiple * multiple, width // multiple * multiple)
+        scale = 1.0
+        if max_side is not None:
+            if max_side < multiple:
+                raise ConfigError(f"max_side={max_side} must be at least {multiple}")
+            scale = min(1.0, max_side / max(height, width))
+        processed = (
+            max(multiple, int(height * scale) // multiple * multiple),
+            max(multiple, int(width * scale) // multiple * multiple),
+        )
         return Geometry((height, width), processed, policy)
+    if max_side is not None:
+        raise ConfigError("max_side works with the resize64 policy only")
     processed = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
     pad = (0, processed[0] - height, 0, processed[1] - width)
     return Geometry((height, width), processed, policy, pad)
 
 
 def prepare_frames(
-    frames: torch.Tensor, policy: Policy = "resize64", multiple: int = 64
+    frames: torch.Tensor,
+    policy: Policy = "resize64",
+    multiple: int = 64,
+    max_side: int | None = None,
 ) -> tuple[torch.Tensor, Geometry]:
     """Frames uint8 ``[B, 3, H, W]`` -> float32 ``[B, 3, H', W']`` in [0, 1], and the geometry.
 
@@ -653,12 +674,15 @@ def prepare_frames(
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise InputError(f"frames {frames.dtype} {list(frames.shape)}: expected uint8 [B, 3, H, W]")
-    geometry = geometry_for(frames.shape[2], frames.shape[3], policy, multiple)
+    geometry = geometry_for(frames.shape[2], frames.shape[3], policy, multiple, max_side)
     x = frames.to(torch.float32) / 255.0
     if geometry.processed != geometry.original:
         if geometry.policy == "resize64":
+            # the paper's resize is plain bilinear like cv2; a max_side downscale antialiases
+            paper = tuple(side // multiple * multiple for side in geometry.original)
             x = F.interpolate(
-                x, size=geometry.processed, mode="bilinear", align_corners=False, antialias=False
+                x, size=geometry.processed, mode="bilinear", align_corners=False,
+                antialias=geometry.processed != paper,
             ).clamp_(0.0, 1.0)
         else:
             top, bottom, left, right = geometry.pad
