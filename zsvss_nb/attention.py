@@ -6,7 +6,9 @@ replacing its processor, so capture, injection and modulation see exactly the te
 residual add) whatever attention processor or backend diffusers uses to compute the softmax.
 
 Decoder blocks use the reference code's numbering (``output_blocks`` 3-11, METHOD.md section 7);
-"attn1" is spatial self-attention and "attn2" cross-attention.
+"attn1" is spatial self-attention and "attn2" cross-attention. In a spatio-temporal (SVD) UNet,
+"tattn1"/"tattn2" name the temporal transformer's self-/cross-attention of the same block, whose
+projections are laid out [batch * tokens, frames, C] (the spatial ones [batch * frames, tokens, C]).
 """
 
 from __future__ import annotations
@@ -18,15 +20,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-AttnKey = tuple[int, str]  # (reference decoder block 3..11, "attn1" | "attn2")
+AttnKey = tuple[int, str]  # (reference decoder block 3..11, "attn1" | "attn2" | "tattn1"...)
+TEMPORAL_LAYERS = ("tattn1", "tattn2")
 
 
 def decoder_attention(unet: nn.Module, block: int, layer: str = "attn1") -> nn.Module:
-    """The attention module of reference decoder block ``block`` (3-11) in a diffusers UNet."""
+    """The attention module of reference decoder block ``block`` (3-11) in a diffusers UNet.
+
+    ``layer`` "attn1"/"attn2" are the spatial transformer's; "tattn1"/"tattn2" the temporal
+    transformer's (``temporal_transformer_blocks[0]``, SVD UNets only).
+    """
     up, idx = divmod(block, 3)
     if up == 0 or up >= len(unet.up_blocks) or not hasattr(unet.up_blocks[up], "attentions"):
         raise ValueError(f"decoder block {block} has no attention in this UNet")
     transformer = unet.up_blocks[up].attentions[idx]
+    if layer in TEMPORAL_LAYERS:
+        if not hasattr(transformer, "temporal_transformer_blocks"):
+            raise ValueError(f"decoder block {block} has no temporal attention in this UNet")
+        return getattr(transformer.temporal_transformer_blocks[0], layer[1:])
     return getattr(transformer.transformer_blocks[0], layer)
 
 
@@ -40,6 +51,9 @@ class AttentionPlan:
     current batch, the stored frame it replays.
     ``modulation``: block -> additive mask [n, N] for one CFG half, added (broadcast over
     channels, in both halves) to the chosen attention output at ``modulation_steps``.
+    ``modulation_layer`` is one layer name or a tuple of them; a temporal layer receives the
+    same [n, N] mask (n = videos * frames) transposed to its [videos * N, frames] layout.
+    Temporal layers replay stored [halves, N, F, C] projections once per video of the batch.
     """
 
     step: int = -1
@@ -47,7 +61,7 @@ class AttentionPlan:
     inject: dict[tuple[int, int, str, str], torch.Tensor] = field(default_factory=dict)
     inject_frames: torch.Tensor | None = None
     modulation: dict[int, torch.Tensor] = field(default_factory=dict)
-    modulation_layer: str = "attn2"
+    modulation_layer: str | tuple[str, ...] = "attn2"
     modulation_steps: frozenset[int] = frozenset()
     halves: int = 2  # 2 with classifier-free guidance ([uncond; cond]), 1 without
 
@@ -60,12 +74,18 @@ class AttentionController:
     ordered; halves = 1 when guidance is off).
     """
 
-    def __init__(self, unet: nn.Module, blocks: Iterable[int] = range(3, 12)) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        blocks: Iterable[int] = range(3, 12),
+        layers: Iterable[str] = ("attn1", "attn2"),
+    ) -> None:
         self.plan = AttentionPlan()
         self.stored: dict[tuple[int, int, str, str], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        layers = tuple(layers)
         for block in blocks:
-            for layer in ("attn1", "attn2"):
+            for layer in layers:
                 attn = decoder_attention(unet, block, layer)
                 self._handles.append(
                     attn.to_q.register_forward_hook(self._qk_hook(block, layer, "q"))
@@ -84,7 +104,10 @@ class AttentionController:
             key = (plan.step, block, layer, kind)
             injected = plan.inject.get(key)
             if injected is not None:
-                output = self._replay(injected, output)
+                if layer in TEMPORAL_LAYERS:
+                    output = self._replay_videos(injected, output)
+                else:
+                    output = self._replay(injected, output)
             steps = plan.capture.get((block, layer, kind))
             if steps is not None and plan.step in steps:
                 self.stored[key] = output.detach().unflatten(0, (plan.halves, -1))
@@ -109,14 +132,33 @@ class AttentionController:
             )
         return replay
 
+    @staticmethod
+    def _replay_videos(stored: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Temporal projections [halves, N, F, C] repeated for every video of the batch."""
+        halves, tokens = stored.shape[:2]
+        videos = output.shape[0] // max(halves * tokens, 1)
+        replay = stored.unsqueeze(1).expand(halves, videos, *stored.shape[1:])
+        replay = replay.flatten(0, 2).to(output.dtype)
+        if replay.shape != output.shape:
+            raise RuntimeError(
+                f"injected projection {tuple(replay.shape)} does not match {tuple(output.shape)}"
+            )
+        return replay
+
     def _out_hook(self, block: int, layer: str):
         def hook(_module: nn.Module, _inputs, output: torch.Tensor):
             plan = self.plan
-            if layer != plan.modulation_layer or plan.step not in plan.modulation_steps:
+            wanted = plan.modulation_layer
+            if isinstance(wanted, str):
+                wanted = (wanted,)
+            if layer not in wanted or plan.step not in plan.modulation_steps:
                 return None
             delta = plan.modulation.get(block)
             if delta is None:
                 return None
+            if layer in TEMPORAL_LAYERS:  # [videos * F, N] -> [videos * N, F]
+                frames = output.shape[1]
+                delta = delta.unflatten(0, (-1, frames)).transpose(1, 2).flatten(0, 1)
             delta = delta.repeat(plan.halves, 1).to(output.dtype)  # both CFG halves
             return output + delta.unsqueeze(-1)
 

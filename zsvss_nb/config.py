@@ -173,6 +173,32 @@ class UpsampleConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
+class SvdConfig(_Replaceable):
+    """Stable Video Diffusion backbone only (METHOD 1.2, 1.7): conditioning and decoding.
+
+    The window's first frame conditions the video model (CLIP image embedding and VAE-latent
+    concat). Guidance is per frame, linspace(``min_guidance_scale``, features.guidance_scale)
+    over the window (``paper_svd`` sets features.guidance_scale = 2.5, the last frame's scale).
+    """
+
+    fps_id: int = 14  # METHOD 1.2: the UNet's first added time id (diffusers' pipeline: fps - 1)
+    motion_bucket_id: int = 127  # METHOD 1.2: second added time id
+    cond_aug: float = 0.02  # METHOD 1.2: noise on the conditioning frame; third added time id
+    min_guidance_scale: float = 1.0  # METHOD 1.2: LinearPredictionGuider, first frame's scale
+    modulate_temporal: bool = True  # METHOD 1.7: modulate_layer_type "spatial,temporal"
+    decode_frames: int = 1  # METHOD 1.7: frames the temporal VAE decoder sees together; the
+    # reference decodes one at a time (1); 0 = the whole window in one decode
+
+    def __post_init__(self) -> None:
+        if self.decode_frames < 0:
+            raise ConfigError(f"decode_frames={self.decode_frames} must be >= 0 (0 = window)")
+        if self.cond_aug < 0:
+            raise ConfigError(f"cond_aug={self.cond_aug} must be >= 0")
+        if self.min_guidance_scale < 0:
+            raise ConfigError(f"min_guidance_scale={self.min_guidance_scale} must be >= 0")
+
+
+@dataclass(frozen=True)
 class SegmentConfig(_Replaceable):
     """Everything one segmentation run needs; presets are classmethods."""
 
@@ -181,6 +207,7 @@ class SegmentConfig(_Replaceable):
     context: ContextConfig = field(default_factory=ContextConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     upsample: UpsampleConfig = field(default_factory=UpsampleConfig)
+    svd: SvdConfig = field(default_factory=SvdConfig)  # used by the SVD backbone only
     preset: str = "paper-sd"
 
     def __post_init__(self) -> None:
@@ -214,13 +241,35 @@ class SegmentConfig(_Replaceable):
         return cls(context=ContextConfig(k=5, n_init=2), preset="tiny")
 
     @classmethod
+    def paper_svd(cls) -> SegmentConfig:
+        """The paper's Stable Video Diffusion img2vid settings (METHOD 1.2, 1.7, 1.8)."""
+        return cls(
+            features=FeatureConfig(
+                start_step=17,  # METHOD 1.2: t* = 17 (sigma 1.273)
+                feature_step=24,  # METHOD 1.2: last step (sigma 0.002)
+                guidance_scale=2.5,  # METHOD 1.2: last frame's scale of linspace(1.0, 2.5)
+                blocks=(8, 7, 6),  # METHOD 1.8: mean of output blocks 8, 7, 6
+                refine_block=7,  # METHOD 1.8: CBR on block-7 q
+            ),
+            upsample=UpsampleConfig(
+                lam=50.0,  # METHOD 1.7
+                modulated_blocks=(8,),  # METHOD 1.7: output block 8
+                tensor="attn1_out",  # METHOD 1.7: self-attention output (spatial and temporal)
+                modulation_steps=(17,),  # METHOD 1.2: modulate at step 17 only
+                blend_steps=tuple(range(17, 25)),  # METHOD 1.2: blend after every step 17..24
+            ),
+            preset="paper-svd",
+        )
+
+    @classmethod
     def from_preset(cls, name: str) -> SegmentConfig:
-        """A preset by its CLI name: paper-sd, paper-compat, fast, tiny."""
+        """A preset by its CLI name: paper-sd, paper-compat, paper-svd, fast, tiny."""
         presets = {
             "paper-sd": cls.paper_sd,
             "paper-compat": cls.paper_compat,
             "fast": cls.fast,
             "tiny": cls.tiny,
+            "paper-svd": cls.paper_svd,
         }
         if name not in presets:
             raise ConfigError(f"preset {name!r} is not known; choose from {sorted(presets)}")
@@ -242,7 +291,7 @@ class SegmentConfig(_Replaceable):
                 continue
             owners = [
                 name
-                for name in ("features", "context", "refine", "upsample")
+                for name in ("features", "context", "refine", "upsample", "svd")
                 if key in {f.name for f in fields(getattr(self, name))}
             ]
             if not owners:
@@ -263,6 +312,7 @@ class SegmentConfig(_Replaceable):
             "context": ContextConfig,
             "refine": RefineConfig,
             "upsample": UpsampleConfig,
+            "svd": SvdConfig,
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():

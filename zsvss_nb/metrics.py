@@ -549,3 +549,190 @@ def evaluate_folders(
 
     names = ds.class_names if ds.class_names is not None and len(ds.class_names) == c else None
     return evaluate(videos(), c, ign, protocol, vc_ns, names)
+
+
+# ---------------------------------------------------------------- notebook helpers
+
+
+def label_change_fraction(labels: Sequence[Any] | Any) -> np.ndarray:
+    """Share of pixels whose id differs from the previous frame's, per consecutive pair: [T - 1].
+
+    ``labels``: [T, H, W] (array or tensor) or a sequence of [H, W] id maps of one size. A
+    temporally stable segmentation of a static scene scores 0; an empty array for T < 2.
+    """
+    frames = [_ids(m) for m in labels]
+    if not frames:
+        raise LabelError("label_change_fraction needs at least one label map")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1 or frames[0].ndim != 2:
+        raise LabelError(f"label maps must all be [H, W] of one size, got {sorted(shapes)}")
+    if len(frames) < 2:
+        return np.zeros(0)
+    stack = np.stack(frames)
+    return (stack[1:] != stack[:-1]).reshape(len(frames) - 1, -1).mean(1)
+
+
+def flicker_rate(labels: Sequence[Any] | Any) -> float:
+    """Flicker: mean share of pixels whose label changes between consecutive frames; nan if T < 2.
+
+    Unlike mVC it needs no ground truth, so it compares e.g. coarse labels before and after
+    refinement directly; real motion also counts as change, so compare runs on the same clip.
+    """
+    changes = label_change_fraction(labels)
+    return float(changes.mean()) if changes.size else math.nan
+
+
+@dataclass
+class VideoPrediction:
+    """One segmented video in memory: predicted ids and GT per frame ([H, W] int64, GT None where
+    the frame is unlabelled), and optionally the frames (uint8 [T, 3, H, W]) for figures."""
+
+    name: str
+    preds: list[np.ndarray]
+    gts: list[np.ndarray | None]
+    frames: Any = None
+
+    def as_tuple(self) -> tuple[str, list[np.ndarray], list[np.ndarray | None]]:
+        """``(name, preds, gts)``, the item :func:`evaluate` takes."""
+        return self.name, self.preds, self.gts
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.2f}"
+
+
+@dataclass
+class ResultTable:
+    """Results of several runs and protocols as one table; ``a + b`` concatenates the rows.
+
+    Shown as markdown in a notebook; :meth:`markdown` with ``per_class=True`` adds the per-class
+    IoU of every row as columns.
+    """
+
+    rows: list[tuple[str, EvalResult]] = field(default_factory=list)
+
+    def __add__(self, other: ResultTable) -> ResultTable:
+        return ResultTable([*self.rows, *other.rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def result(self, run: str, protocol: str) -> EvalResult:
+        """The result of run ``run`` under ``protocol``."""
+        for name, res in self.rows:
+            if name == run and res.protocol == protocol:
+                return res
+        raise ConfigError(f"no result for run {run!r} under protocol {protocol!r}")
+
+    def markdown(self, per_class: bool = False) -> str:
+        """Markdown: run, protocol, mIoU, mVC_n, pixel accuracy, videos, frames (percent)."""
+        ns = sorted({n for _, r in self.rows for n in r.mvc})
+        head = [
+            "run",
+            "protocol",
+            "mIoU",
+            *(f"mVC{n}" for n in ns),
+            "pixel acc",
+            "videos",
+            "frames",
+        ]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, r in self.rows:
+            cells = [
+                name,
+                r.protocol,
+                _pct(r.miou),
+                *(_pct(r.mvc.get(n, math.nan)) for n in ns),
+                _pct(r.pixel_acc),
+                str(r.num_videos),
+                str(r.num_frames),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if per_class and self.rows:
+            width = max(r.num_classes for _, r in self.rows)
+            first = next((r.class_names for _, r in self.rows if r.class_names), None)
+            names = [first[k] if first and k < len(first) else str(k) for k in range(width)]
+            cols = [f"{name} ({r.protocol})" for name, r in self.rows]
+            lines += ["", "| class | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+            for k in range(width):
+                vals = [_pct(r.per_class_iou[k]) if k < r.num_classes else "" for _, r in self.rows]
+                lines.append(f"| {names[k]} | " + " | ".join(vals) + " |")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown()
+
+    def __str__(self) -> str:
+        return self.markdown()
+
+
+def evaluate_protocols(
+    videos: Iterable[VideoPrediction | tuple[str, Sequence[Any], Sequence[Any]]],
+    num_classes: int,
+    ignore_index: int | None = 255,
+    protocols: Sequence[str] = PROTOCOLS,
+    vc_ns: Sequence[int] = (8, 16),
+    class_names: list[str] | None = None,
+    run: str = "",
+) -> ResultTable:
+    """Score the same in-memory predictions under each of ``protocols``: one row per protocol.
+
+    ``videos``: :class:`VideoPrediction` s or ``(name, preds, gts)`` tuples (read once, kept in
+    a list). Each row is :func:`evaluate` under that protocol, labelled ``run``.
+    """
+    items = [v.as_tuple() if isinstance(v, VideoPrediction) else tuple(v) for v in videos]
+    return ResultTable(
+        [
+            (run, evaluate(items, num_classes, ignore_index, p, vc_ns, class_names))
+            for p in protocols
+        ]
+    )
+
+
+def segment_dataset(
+    backbone: Any,
+    cfg: Any,
+    dataset: Dataset,
+    max_frames: int | None = None,
+    videos: Sequence[str] | None = None,
+    first_frame_gt: bool = True,
+    keep_frames: bool = True,
+    progress: bool = False,
+) -> list[VideoPrediction]:
+    """Segment a dataset's videos in memory and pair every frame with its GT.
+
+    Each video is cut to its first ``max_frames`` frames (all when None); ``videos`` picks
+    videos by name. With ``first_frame_gt`` the first frame's GT (read with the dataset's
+    conventions, e.g. DAVIS 0/255 as 0/1) maps clusters to classes (the "first-frame"
+    protocol); without it predictions are cluster ids (for "hungarian" / "majority"). The
+    dataset's ignore id replaces ``cfg``'s, so void pixels never become a class.
+    """
+    from .pipeline import Segmenter
+    from .video import open_video
+
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames={max_frames} must be at least 1")
+    if dataset.ignore_index is not None:
+        cfg = cfg.replace(ignore_index=dataset.ignore_index)
+    seg = Segmenter(backbone, cfg)
+    items = dataset.videos if videos is None else [dataset.video(n) for n in videos]
+    out = []
+    for item in items:
+        if item.frames:
+            video = open_video(item.frames[:max_frames])
+        else:  # a video file: label keys are zero-padded frame indices, as its frame names
+            whole = open_video(item.source)
+            count = len(whole) if max_frames is None else min(len(whole), max_frames)
+            video = open_video(whole.read(range(count)), fps=whole.fps)
+        names = video.names if item.frames else [f"{i:05d}" for i in range(len(video))]
+        gt0 = None
+        if first_frame_gt:
+            if names[0] not in item.labels:
+                raise LabelError(f"video {item.name!r}: first frame {names[0]} has no GT label")
+            gt0 = dataset.read_label(item.labels[names[0]])
+        results = seg.segment(video, gt0, return_debug=False, progress=progress)
+        preds = [r.labels.numpy().astype(np.int64) for r in results]
+        gts = [dataset.read_label(item.labels[n]) if n in item.labels else None for n in names]
+        frames = video.read(range(len(video))) if keep_frames else None
+        out.append(VideoPrediction(item.name, preds, gts, frames))
+    return out

@@ -231,19 +231,25 @@ class Segmenter:
 
         out = Path(out_dir)
         video = video if isinstance(video, Video) else open_video(video)
-        (out / "labels").mkdir(parents=True, exist_ok=True)
-        (out / "color").mkdir(parents=True, exist_ok=True)
+        if first_frame_gt is not None:  # fail on a bad mask before anything is written
+            w, h = video.size
+            first_frame_gt_ids = load_label_mask(first_frame_gt, (h, w))
+        created = [d for d in (out, out / "labels", out / "color") if not d.exists()]
+        written: list[Path] = []
         started = time.time()
 
         def frames():
-            for result in self.segment(video, first_frame_gt, progress=progress):
+            for result in self.segment(video, first_frame_gt_ids if first_frame_gt is not None
+                                       else None, progress=progress):
                 labels = result.labels
                 if int(labels.max()) > 255 or int(labels.min()) < 0:
                     raise LabelError(f"label ids {int(labels.max())} do not fit a uint8 PNG")
                 ids = labels.numpy().astype(np.uint8)
                 tic = time.perf_counter()
-                atomic_write_png(out / "labels" / f"{result.name}.png", ids)
-                atomic_write_png(out / "color" / f"{result.name}.png", colorize(ids))
+                for folder, image in (("labels", ids), ("color", colorize(ids))):
+                    path = out / folder / f"{result.name}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    written.append(atomic_write_png(path, image))
                 panel = None
                 if overlay:
                     rgb = result.frame.permute(1, 2, 0).cpu().numpy()
@@ -251,15 +257,25 @@ class Segmenter:
                 self.stats.add({"write": time.perf_counter() - tic})
                 yield panel
 
-        if overlay:
-            write_video(out / "overlay.mp4", frames(), fps=video.fps or 10.0)
-        else:
-            for _ in frames():
-                pass
-        manifest = self.manifest(video, first_frame_gt, started)
-        tmp = out / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
-        tmp.replace(out / "manifest.json")
+        try:
+            if overlay:
+                written.append(out / "overlay.mp4")
+                write_video(out / "overlay.mp4", frames(), fps=video.fps or 10.0)
+            else:
+                for _ in frames():
+                    pass
+            manifest = self.manifest(video, first_frame_gt, started)
+            tmp = out / "manifest.json.tmp"
+            tmp.write_text(json.dumps(manifest, indent=2, default=str))
+            tmp.replace(out / "manifest.json")
+        except BaseException:
+            # an unfinished run leaves nothing behind: no partial folder of outputs
+            for path in written:
+                path.unlink(missing_ok=True)
+            for folder in reversed(created):
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
         return manifest
 
     def manifest(self, video, first_frame_gt, started: float) -> dict[str, Any]:

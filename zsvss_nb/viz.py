@@ -728,3 +728,182 @@ def publication_style(**overrides: Any) -> Iterator[None]:
     }
     with matplotlib.rc_context(params):
         yield
+
+
+# ----------------------------------------------------------------------------- notebook panels
+
+
+def resize_labels(labels: ArrayLike, size: tuple[int, int]) -> np.ndarray:
+    """Label ids ``[..., h, w]`` -> ``[..., H, W]`` by nearest neighbour (ids are never blended).
+
+    Output pixel ``(i, j)`` takes the input cell holding its centre: row ``floor((i + 0.5) h / H)``.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim < 2 or arr.dtype.kind not in "iub":
+        raise LabelError(f"labels must be integer ids [..., h, w], got {arr.dtype} {arr.shape}")
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise InputError(f"size {tuple(size)} must be positive")
+    h, w = arr.shape[-2:]
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return arr[..., rows[:, None], cols[None, :]].astype(np.int64)
+
+
+def relative_cell(point: tuple[float, float], grid_hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(y, x)`` cell of an ``h x w`` grid that holds the relative position ``(fy, fx)``.
+
+    ``fy, fx`` in [0, 1] (1 is the bottom/right edge, which belongs to the last cell); the same
+    relative point picks corresponding cells on grids of different resolution.
+    """
+    fy, fx = float(point[0]), float(point[1])
+    if not (0.0 <= fy <= 1.0 and 0.0 <= fx <= 1.0):
+        raise InputError(f"relative point {tuple(point)} must lie in [0, 1] x [0, 1]")
+    h, w = grid_hw
+    return min(int(fy * h), h - 1), min(int(fx * w), w - 1)
+
+
+def show_feature_pca(
+    feats: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    fit_on: Literal["all", "first"] = "all",
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """PCA-to-RGB images (:func:`feature_pca_rgb`, one joint fit) of ``feats [B, h, w, C]``."""
+    rgb = feature_pca_rgb(feats, fit_on=fit_on).detach().float().cpu().numpy()  # [B, h, w, 3]
+    return show_frames(rgb, titles=titles, ncols=ncols, ax=ax)
+
+
+def _single_or_batch(frames: ArrayLike | Sequence[ArrayLike], count: int) -> list[np.ndarray]:
+    """``count`` uint8 HWC images: a batch of ``count`` frames, or one frame repeated."""
+    if isinstance(frames, (torch.Tensor, np.ndarray)) and frames.ndim == 3:
+        return [_frame_np(frames)] * count
+    imgs = _frames_list(frames)
+    if len(imgs) != count:
+        raise InputError(f"{len(imgs)} frames for {count} label maps")
+    return imgs
+
+
+def show_label_maps(
+    frames: ArrayLike | Sequence[ArrayLike] | None,
+    labels: ArrayLike | Sequence[ArrayLike],
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    ncols: int = 4,
+    class_names: Mapping[int, str] | None = None,
+    legend: bool = True,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """Label maps ``[B, h, w]`` (or a list of ``[h, w]``, any grid) blended over their frames.
+
+    Each map is resized to its frame by :func:`resize_labels`, so coarse feature-grid labels and
+    full-resolution labels can be shown the same way. ``frames``: a batch of B frames, one frame
+    for all maps, or None (colours only). One legend lists the ids of all maps.
+    """
+    maps = [_labels_np(m, f"labels[{i}]") for i, m in enumerate(labels)]
+    if not maps:
+        raise InputError("labels holds no label maps")
+    if titles is not None and len(titles) != len(maps):
+        raise InputError(f"titles has {len(titles)} entries for {len(maps)} label maps")
+    imgs = None if frames is None else _single_or_batch(frames, len(maps))
+    ncols = max(1, min(ncols, len(maps)))
+    fig, axes = _grid_axes(ax, -(-len(maps) // ncols), ncols)
+    for i, (a, lab) in enumerate(zip(axes.reshape(-1), maps, strict=False)):
+        if imgs is None:
+            a.imshow(palette(256)[lab], interpolation="nearest")
+        else:
+            a.imshow(overlay(imgs[i], resize_labels(lab, imgs[i].shape[:2]), alpha))
+        a.set_title(titles[i] if titles is not None else f"frame {i}")
+        _clean(a)
+    _hide_unused(axes, len(maps))
+    if legend:
+        ids = sorted({int(v) for m in maps for v in np.unique(m)})
+        _class_legend(axes.reshape(-1)[len(maps) - 1], ids, class_names)
+    return fig
+
+
+def show_feature_views(
+    features: Mapping[str, torch.Tensor],
+    frames: ArrayLike | Sequence[ArrayLike],
+    point: tuple[int, float, float] = (0, 0.5, 0.5),
+    alpha: float = 0.6,
+) -> Figure:
+    """Two rows per model: PCA images and cosine similarity to one query, over the same frames.
+
+    ``features`` maps a name to ``[B, h, w, C]`` (grids may differ between models);
+    ``point = (frame, fy, fx)`` is relative (see :func:`relative_cell`), so every model is
+    queried at the same place of the same frame.
+    """
+    if not features:
+        raise InputError("features holds no model")
+    imgs = _frames_list(frames)
+    b = len(imgs)
+    for name, f in features.items():
+        _check_feats(f)
+        if f.shape[0] != b:
+            raise InputError(f"features[{name!r}] has {f.shape[0]} frames, frames has {b}")
+    fig = Figure(figsize=(2.4 * b + 1.0, 2.0 * 2 * len(features)), layout="constrained")
+    axes = np.asarray(fig.subplots(2 * len(features), b, squeeze=False))
+    frame = point[0] % b
+    for m, (name, f) in enumerate(features.items()):
+        y, x = relative_cell(point[1:], (f.shape[1], f.shape[2]))
+        show_feature_pca(f, ncols=b, ax=axes[2 * m])
+        sims = cosine_similarity_map(f, frame, y, x)
+        show_similarity(sims, imgs, (frame, y, x), ncols=b, alpha=alpha, ax=axes[2 * m + 1])
+        axes[2 * m, 0].set_ylabel(f"{name}\nPCA")
+        axes[2 * m + 1, 0].set_ylabel(f"{name}\nsimilarity")
+    return fig
+
+
+def boundary_box(labels: ArrayLike, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The ``size = (bh, bw)`` window of ``labels [H, W]`` holding the most label boundaries.
+
+    A pixel is a boundary pixel when its right or lower neighbour has another id. Returns
+    ``(y0, x0, y1, x1)`` (half-open); ties go to the first window in raster order. Sums come
+    from an integral image, so every window is scored at once.
+    """
+    lab = _labels_np(labels)
+    height, width = lab.shape
+    bh, bw = min(int(size[0]), height), min(int(size[1]), width)
+    if bh < 1 or bw < 1:
+        raise InputError(f"box size {tuple(size)} must be positive")
+    edge = np.zeros(lab.shape, dtype=np.int64)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    integral = np.pad(edge.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    score = (
+        integral[bh:, bw:] - integral[:-bh, bw:] - integral[bh:, :-bw] + integral[:-bh, :-bw]
+    )  # [H - bh + 1, W - bw + 1]
+    y0, x0 = np.unravel_index(int(score.argmax()), score.shape)
+    return int(y0), int(x0), int(y0) + bh, int(x0) + bw
+
+
+def show_zoom(
+    frame: ArrayLike,
+    label_maps: Mapping[str, ArrayLike],
+    box: tuple[int, int, int, int],
+    alpha: float = 0.5,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """The frame with ``box = (y0, x0, y1, x1)`` marked, then each labelling cropped to the box.
+
+    Label maps of any size are resized to the frame first (:func:`resize_labels`), so a crop
+    compares the methods on the same pixels.
+    """
+    img = _frame_np(frame)
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if not (0 <= y0 < y1 <= img.shape[0] and 0 <= x0 < x1 <= img.shape[1]):
+        raise InputError(f"box {tuple(box)} does not fit the {img.shape[1]}x{img.shape[0]} frame")
+    fig, axes = _grid_axes(ax, 1, 1 + len(label_maps))
+    a0 = axes[0, 0]
+    a0.imshow(img)
+    a0.add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="r"))
+    a0.set_title("frame")
+    _clean(a0)
+    for a, (name, lab) in zip(axes[0, 1:], label_maps.items(), strict=True):
+        full = resize_labels(_labels_np(lab, name), img.shape[:2])
+        a.imshow(overlay(img, full, alpha)[y0:y1, x0:x1], interpolation="nearest")
+        a.set_title(name)
+        _clean(a)
+    return fig

@@ -1,0 +1,112 @@
+"""Tests of zsvss_nb.distributed: the Ray Data recipe equals the single-process runner.
+
+A local Ray instance on 2 CPUs runs the per-video function over three tiny synthetic videos
+(frame folders, the "tiny" model); every label PNG must equal run_dataset's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsvss_nb import SegmentConfig
+from zsvss_nb.datasets import Dataset, open_dataset
+from zsvss_nb.errors import MissingDependencyError
+from zsvss_nb.runner import DONE_FILE, run_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 128, 160
+LENGTHS = {"clip1": 4, "clip2": 5, "clip10": 4}
+CFG = SegmentConfig.tiny().replace(method="bilinear", max_side=128, window=3)
+
+
+def write_videos(root: Path) -> Path:
+    """Frame folders root/<clip>/<t>.png with two moving rectangles and a little noise."""
+    rng = np.random.default_rng(7)
+    for v, (name, n) in enumerate(LENGTHS.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for t in range(n):
+            img = np.empty((H, W, 3), np.uint8)
+            img[:] = (40 + 30 * v, 80, 120)
+            img[20 + 3 * v : 70 + 3 * v, 10 + 8 * t : 60 + 8 * t] = (220, 40, 30)
+            img[75:115, 100 - 6 * t : 150 - 6 * t] = (30, 200, 60)
+            noisy = img.astype(np.int16) + rng.integers(0, 16, img.shape)
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / name / f"{t:03d}.png")
+    return root
+
+
+def png_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*.png"))}
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    # Workers are fresh interpreters: give them this checkout on their path.
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 2**20,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    return open_dataset("folder", write_videos(tmp_path_factory.mktemp("videos")))
+
+
+def test_ray_equals_single_process_runner(ray, dataset, tmp_path):
+    from zsvss_nb.distributed import run_dataset_ray
+
+    single, distributed = tmp_path / "single", tmp_path / "ray"
+    run_dataset(dataset, single, "tiny", CFG, shard=(0, 1), progress=False)
+    rows = run_dataset_ray(dataset, distributed, "tiny", CFG.to_dict(), concurrency=2)
+    assert [r["video"] for r in rows] == ["clip1", "clip2", "clip10"]
+    assert [r["frames"] for r in rows] == [4, 5, 4]
+    assert not any(r["skipped"] for r in rows)
+    assert len({r["config_hash"] for r in rows}) == 1
+    files = png_bytes(distributed)
+    assert len(files) == sum(LENGTHS.values())
+    assert files == png_bytes(single)
+    for name in LENGTHS:
+        done = json.loads((distributed / name / DONE_FILE).read_text())
+        assert done["config_hash"] == rows[0]["config_hash"]
+    manifest = json.loads((distributed / "run_manifest_ray.json").read_text())
+    assert manifest["frames_done"] == 13 and manifest["versions"]["ray"] == ray.__version__
+    assert SegmentConfig.from_dict(manifest["config"]) == CFG
+    assert ray.is_initialized()  # a Ray the caller started is left running
+
+    # Resume: every video is finished with this config, so nothing is recomputed or rewritten.
+    before = {p: p.stat().st_mtime_ns for p in distributed.glob("*/*.png")}
+    again = run_dataset_ray(dataset, distributed, "tiny", CFG, concurrency=1, resume=True)
+    assert [r["skipped"] for r in again] == [True, True, True]
+    assert {p: p.stat().st_mtime_ns for p in distributed.glob("*/*.png")} == before
+
+
+def test_ray_video_errors_propagate(ray, dataset, tmp_path):
+    from zsvss_nb.distributed import run_dataset_ray
+
+    # No video has a first-frame label: the first-frame protocol must fail loudly.
+    with pytest.raises(Exception, match="has no label"):
+        run_dataset_ray(dataset, tmp_path, "tiny", CFG, concurrency=1, use_first_frame_gt=True)
+    assert not list(tmp_path.glob(f"*/{DONE_FILE}"))
+
+
+def test_missing_ray_names_the_extra(monkeypatch, dataset, tmp_path):
+    from zsvss_nb.distributed import run_dataset_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'zsvss\[distributed\]'"):
+        run_dataset_ray(dataset, tmp_path, "tiny", CFG)

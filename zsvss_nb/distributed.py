@@ -1,0 +1,179 @@
+"""Ray Data recipe: the per-video function of :mod:`zsvss_nb.runner` on a cluster.
+
+``ray.data.from_items(videos).map_batches(worker, batch_size=1, num_gpus=...)``: each actor loads
+the backbone once and segments one video per call with :func:`segment_video_item`, so the PNGs
+are byte-identical to a :func:`run_dataset` run of the same videos (given the same hardware and
+library versions). Needs the ``distributed`` extra: ``pip install 'zsvss[distributed]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SegmentConfig
+from .datasets import Dataset, natural_key
+from .errors import ConfigError, MissingDependencyError
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"Ray is not installed ({err}); pip install 'zsvss[distributed]'"
+        ) from err
+    return ray
+
+
+class VideoWorker:
+    """Ray Data callable class: loads the backbone once, then segments one video per row.
+
+    Rows are ``{"video": name}``; the returned batch holds the per-video summaries of
+    :func:`segment_video_item` (plus ``host``), one row per video.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        out_root: str,
+        model_spec: str,
+        cfg: dict[str, Any],
+        use_first_frame_gt: bool = False,
+        resume: bool = False,
+    ) -> None:
+        from .backbone import load_backbone
+        from .runner import config_hash
+
+        self.dataset = dataset
+        self.out_root = Path(out_root)
+        self.cfg = SegmentConfig.from_dict(cfg)
+        self.backbone = load_backbone(model_spec)
+        self.use_first_frame_gt = use_first_frame_gt
+        self.resume = resume
+        self.key = config_hash(self.cfg, self.backbone, use_first_frame_gt)
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .runner import is_finished, segment_video_item
+
+        rows = []
+        for name in batch["video"]:
+            item = self.dataset.video(str(name))
+            if self.resume and is_finished(self.out_root / item.name, self.key):
+                summary = {"video": item.name, "frames": 0, "seconds": 0.0, "skipped": True,
+                           "config_hash": self.key}
+            else:
+                summary = segment_video_item(item, self.out_root, self.backbone, self.cfg,
+                                             self.use_first_frame_gt, self.dataset, key=self.key)
+            rows.append({**summary, "host": self.host})
+        return {key: np.array([r[key] for r in rows]) for key in rows[0]} if rows else {}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from Ray's batches back to Python values."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def run_dataset_ray(
+    dataset: Dataset,
+    out_root: str | os.PathLike[str],
+    model_spec: str,
+    cfg: SegmentConfig | dict[str, Any] | None = None,
+    num_gpus_per_worker: float = 0.0,
+    num_cpus_per_worker: float = 1,
+    concurrency: int | None = None,
+    use_first_frame_gt: bool = False,
+    ray_address: str | None = None,
+    *,
+    resume: bool = False,
+    runtime_env: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Segment every video of ``dataset`` into ``out_root`` with a Ray Data actor pool.
+
+    ``model_spec`` is what :func:`load_backbone` takes (each worker loads it once; on a cluster it
+    must resolve on every node). ``concurrency``: number of actors (None: 1 up to one per video,
+    as resources allow). Connects to ``ray_address`` (or starts a local Ray) unless Ray is
+    already initialised, and shuts down only a Ray it started. With ``resume``, videos whose
+    ``.done.json`` matches the config hash are skipped (``"skipped": True``). A failing video
+    raises (Ray wraps the error). Returns the per-video summaries sorted by video name.
+    """
+    ray = _import_ray()
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"concurrency={concurrency} must be at least 1")
+    if num_gpus_per_worker < 0 or num_cpus_per_worker < 0:
+        raise ConfigError("num_gpus_per_worker and num_cpus_per_worker must be >= 0")
+    cfg = cfg or SegmentConfig.paper_sd()
+    cfg_dict = cfg.to_dict() if isinstance(cfg, SegmentConfig) else dict(cfg)
+    SegmentConfig.from_dict(cfg_dict)  # fail here, not on every worker, on a bad config
+    names = [v.name for v in dataset.videos]
+    out = Path(out_root).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not names:
+        return []
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_address, runtime_env=runtime_env, include_dashboard=False)
+    try:
+        size = concurrency
+        compute = (
+            ray.data.ActorPoolStrategy(size=size)
+            if size is not None
+            else ray.data.ActorPoolStrategy(min_size=1, max_size=len(names))
+        )
+        tic = time.perf_counter()
+        rows = (
+            ray.data.from_items([{"video": n} for n in names])
+            .map_batches(
+                VideoWorker,
+                fn_constructor_kwargs={
+                    "dataset": dataset,
+                    "out_root": str(out),
+                    "model_spec": str(model_spec),
+                    "cfg": cfg_dict,
+                    "use_first_frame_gt": use_first_frame_gt,
+                    "resume": resume,
+                },
+                batch_size=1,
+                compute=compute,
+                num_gpus=num_gpus_per_worker,
+                num_cpus=num_cpus_per_worker,
+            )
+            .take_all()
+        )
+        summaries = [{k: _plain(v) for k, v in row.items()} for row in rows]
+        summaries.sort(key=lambda s: natural_key(str(s["video"])))
+        _write_manifest(out, dataset, model_spec, cfg_dict, summaries, resume,
+                        use_first_frame_gt, time.perf_counter() - tic, ray.__version__)
+        return summaries
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _write_manifest(out: Path, dataset: Dataset, model_spec: str, cfg: dict[str, Any],
+                    summaries: list[dict[str, Any]], resume: bool, use_gt: bool,
+                    seconds: float, ray_version: str) -> None:
+    """``out/run_manifest_ray.json``: the Ray run's config, model spec and per-video summaries."""
+    from .runner import atomic_write_json, versions
+
+    atomic_write_json(out / "run_manifest_ray.json", {
+        "dataset": {"format": dataset.name, "root": str(dataset.root),
+                    "videos_total": len(dataset.videos)},
+        "launcher": "ray",
+        "resume": resume,
+        "first_frame_gt": use_gt,
+        "config": cfg,
+        "model_spec": str(model_spec),
+        "versions": {**versions(), "ray": ray_version},
+        "videos_done": [s for s in summaries if not s["skipped"]],
+        "videos_skipped": [s["video"] for s in summaries if s["skipped"]],
+        "frames_done": sum(int(s["frames"]) for s in summaries),
+        "seconds": round(seconds, 3),
+    })

@@ -1,0 +1,273 @@
+"""Run the method over a dataset: one video at a time, sharded, resumable, atomic.
+
+Outputs follow the layout the official VSPW scripts read: ``PRED/<video>/<frame stem>.png``
+(uint8 label ids at the original resolution). Each finished video also gets
+``PRED/<video>/.done.json`` (frames, seconds, config hash), written last, so its presence marks
+a finished video; ``PRED/run_manifest_<rank>.json`` records each process's run.
+
+The per-video function :func:`segment_video_item` is what every launcher runs: the sequential
+:func:`run_dataset` (one process, ``--shard i/N``, ``torchrun``/``accelerate launch``) and the
+Ray Data recipe in :mod:`zsvss_nb.distributed`. A video's labels depend only on its frames, the
+config and the model (a fresh scene context per video; the noise is seeded per window), never on
+which process ran it or what it ran before, so any split gives byte-identical PNGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import Backbone, load_backbone
+from .config import SegmentConfig
+from .datasets import Dataset, VideoItem, rank_from_env
+from .datasets import shard as shard_videos
+from .errors import DatasetLayoutError, LabelError
+from .pipeline import Segmenter
+from .video import atomic_write_png, open_video
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = ".done.json"
+
+
+def config_hash(cfg: SegmentConfig, backbone: Backbone, use_first_frame_gt: bool) -> str:
+    """sha256 of everything that changes a video's labels: config, model weights, dtype, GT use.
+
+    The device is left out on purpose, so a run interrupted on one machine resumes on another.
+    """
+    payload = {
+        "config": cfg.to_dict(),
+        "model_sha256": backbone.fingerprint(),
+        "model_kind": backbone.kind,
+        "dtype": str(backbone.dtype).replace("torch.", ""),
+        "first_frame_gt": bool(use_first_frame_gt),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def atomic_write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON through a temp file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def is_finished(video_dir: Path, key: str) -> bool:
+    """True when ``video_dir/.done.json`` exists, parses and carries config hash ``key``."""
+    done = video_dir / DONE_FILE
+    try:
+        data = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("config_hash") == key
+
+
+def _first_frame_ids(item: VideoItem, dataset: Dataset, cfg: SegmentConfig) -> np.ndarray:
+    """The item's first-frame GT as ids [H, W] int64, the dataset's void id made negative.
+
+    Negative ids never become a class, whatever ``cfg.context.ignore_index`` is; a config with a
+    negative ignore id (paper-compat: the reference makes void a class) keeps the ids as read.
+    """
+    path = item.first_frame_gt
+    if path is None:
+        first = item.frame_names[0] if item.frame_names else "0"
+        raise LabelError(
+            f"video {item.name}: first frame {first!r} has no label; first-frame GT needs one"
+        )
+    ids = dataset.read_label(path)
+    if dataset.ignore_index is not None and cfg.context.ignore_index >= 0:
+        ids = np.where(ids == dataset.ignore_index, -1, ids)
+    return ids
+
+
+def _clear_stale_temps(video_dir: Path) -> None:
+    """Remove temp files a killed process left behind (``.<name>.<random>.tmp``)."""
+    for p in video_dir.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def segment_video_item(
+    item: VideoItem,
+    out_root: str | os.PathLike[str],
+    backbone: Backbone,
+    cfg: SegmentConfig,
+    use_first_frame_gt: bool,
+    dataset: Dataset,
+    *,
+    key: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Segment one dataset video into ``out_root/<video>/<frame stem>.png``, then ``.done.json``.
+
+    Any earlier ``.done.json`` is removed first, so an interrupted re-run never leaves a stale
+    "finished" mark over a mix of old and new PNGs. ``key`` is :func:`config_hash` (computed when
+    None). Returns ``{"video", "frames", "seconds", "skipped", "config_hash"}``.
+    """
+    if key is None:
+        key = config_hash(cfg, backbone, use_first_frame_gt)
+    if item.frames:
+        video = open_video(item.frames)
+    elif item.source is not None:
+        video = open_video(item.source)
+    else:
+        raise DatasetLayoutError(f"video {item.name}: lists no frames and no source file")
+    gt = _first_frame_ids(item, dataset, cfg) if use_first_frame_gt else None
+    out_dir = Path(out_root) / item.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DONE_FILE).unlink(missing_ok=True)
+    _clear_stale_temps(out_dir)
+    tic = time.perf_counter()
+    seg = Segmenter(backbone, cfg)
+    count = 0
+    with video:
+        for result in seg.segment(video, first_frame_gt=gt, progress=progress):
+            atomic_write_png(out_dir / f"{result.name}.png", result.labels.numpy())
+            count += 1
+    seconds = round(time.perf_counter() - tic, 3)
+    from . import __version__
+
+    atomic_write_json(
+        out_dir / DONE_FILE,
+        {
+            "video": item.name,
+            "frames": count,
+            "seconds": seconds,
+            "config_hash": key,
+            "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
+            "zsvss_version": __version__,
+            "stats": seg.stats.to_dict(),
+        },
+    )
+    return {
+        "video": item.name,
+        "frames": count,
+        "seconds": seconds,
+        "skipped": False,
+        "config_hash": key,
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that change results."""
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    return {
+        "zsvss": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def model_identity(backbone: Backbone) -> dict[str, Any]:
+    """The backbone's identity (without its file list) plus the weights' sha256, device, dtype."""
+    identity = {k: v for k, v in backbone.identity.items() if k != "files"}
+    identity["sha256"] = backbone.fingerprint()
+    identity["device"] = str(backbone.device)
+    identity["dtype"] = str(backbone.dtype).replace("torch.", "")
+    return identity
+
+
+def run_dataset(
+    dataset: Dataset,
+    out_root: str | os.PathLike[str],
+    backbone: Backbone | str | os.PathLike[str] | None,
+    cfg: SegmentConfig | None = None,
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    use_first_frame_gt: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment this process's share of ``dataset`` into ``out_root``; return the run manifest.
+
+    ``backbone``: a loaded :class:`Backbone` or a spec for :func:`load_backbone` (None: the
+    configured default). ``shard=(i, N)`` takes every N-th video from i (names in natural
+    order); None reads the rank and world size from the launcher's environment
+    (:func:`rank_from_env`: torchrun, accelerate, MPI, SLURM), (0, 1) when there is none.
+    With ``resume``, videos whose ``.done.json`` carries this run's config hash are skipped;
+    otherwise existing outputs are overwritten file by file. An exception in a video is
+    recorded in ``run_manifest_<rank>.json`` and re-raised, never skipped.
+    """
+    cfg = cfg or SegmentConfig.paper_sd()
+    rank, world = rank_from_env() if shard is None else (int(shard[0]), int(shard[1]))
+    items = shard_videos(dataset.videos, rank, world)
+    if not isinstance(backbone, Backbone):
+        backbone = load_backbone(backbone)
+    key = config_hash(cfg, backbone, use_first_frame_gt)
+    out = Path(out_root)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tic = time.perf_counter()
+    done: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    error: dict[str, str] | None = None
+
+    def manifest() -> dict[str, Any]:
+        return {
+            "dataset": {
+                "format": dataset.name,
+                "root": str(dataset.root),
+                "videos_total": len(dataset.videos),
+                "num_classes": dataset.num_classes,
+                "ignore_index": dataset.ignore_index,
+            },
+            "shard": [rank, world],
+            "resume": resume,
+            "first_frame_gt": use_first_frame_gt,
+            "config": cfg.to_dict(),
+            "config_hash": key,
+            "model": model_identity(backbone),
+            "versions": versions(),
+            "videos_assigned": [v.name for v in items],
+            "videos_done": done,
+            "videos_skipped": skipped,
+            "frames_done": sum(d["frames"] for d in done),
+            "error": error,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "seconds": round(time.perf_counter() - tic, 3),
+        }
+
+    bar = tqdm(items, desc=f"videos [shard {rank}/{world}]", unit="video", disable=not progress)
+    try:
+        for item in bar:
+            if resume and is_finished(out / item.name, key):
+                skipped.append(item.name)
+                continue
+            try:
+                done.append(
+                    segment_video_item(item, out, backbone, cfg, use_first_frame_gt, dataset,
+                                       key=key)
+                )
+            except BaseException as err:
+                error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
+                log.error("video %s failed: %s", item.name, err)
+                raise
+    finally:
+        bar.close()
+        result = manifest()
+        atomic_write_json(out / f"run_manifest_{rank}.json", result)
+    return result
