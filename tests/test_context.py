@@ -270,3 +270,21 @@ def test_scene_context_rejects_k_beyond_the_window_tokens(centres: torch.Tensor)
         SceneContext(ContextConfig(k=60)).initialise(feats)
     with pytest.raises(RuntimeError):
         SceneContext().predict(feats)
+
+
+def test_per_frame_kmeans_baseline_clusters_each_frame_alone():
+    # three frames, each with two well separated clusters whose centres differ per frame;
+    # ids follow first appearance in raster order, so planted layouts map to known ids
+    g = torch.Generator().manual_seed(5)
+    h, w, c = 4, 6, 8
+    layout = torch.zeros(h, w, dtype=torch.long)
+    layout[:, 3:] = 1
+    frames = []
+    for f in range(3):
+        centres = torch.randn(2, c, generator=g) * 10
+        frames.append(centres[layout] + 0.01 * torch.randn(h, w, c, generator=g))
+    feats = torch.stack(frames)
+    ctx = SceneContext(ContextConfig(k=2, n_init=2, propagation="per-frame-kmeans"))
+    ctx.initialise(feats)
+    pred = ctx.predict(feats)
+    assert torch.equal(pred, layout.expand(3, h, w))

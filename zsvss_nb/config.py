@@ -87,6 +87,9 @@ class ContextConfig(_Replaceable):
     knn_k: int = 4  # METHOD 1.4: KNeighborsClassifier(n_neighbors=4), uniform, Euclidean
     knn_chunk: int = 4096  # query rows per distance block; bounds memory, not results
     memory: Literal["last", "bank"] = "last"  # METHOD 1.5: refit on the last window only
+    propagation: Literal["knn", "per-frame-kmeans"] = "knn"  # METHOD 1.5: the KNN scene
+    # context; "per-frame-kmeans" is the image-method baseline (independent k-means per frame,
+    # ids not aligned over time; evaluate it under the hungarian or majority protocol)
     memory_size: int = 50_000  # "bank" only: most recent reference tokens kept
     spawn_threshold: float | None = None  # beyond the paper: new label when NN distance exceeds
     ignore_index: int = 255  # METHOD 4.2: void ids never become a class
@@ -99,6 +102,10 @@ class ContextConfig(_Replaceable):
             raise ConfigError("n_init and kmeans_iters must be at least 1")
         if self.knn_k < 1:
             raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
+        if self.propagation not in ("knn", "per-frame-kmeans"):
+            raise ConfigError(
+                f"propagation={self.propagation!r}: use 'knn' or 'per-frame-kmeans'"
+            )
         if self.memory not in ("last", "bank"):
             raise ConfigError(f"memory={self.memory!r}: use 'last' or 'bank'")
         if self.kmeans_scope not in ("window", "frame1"):

@@ -328,6 +328,8 @@ class SceneContext:
             raise InputError(
                 f"feats have {c} channels but the context was fit on {self._ref_x.shape[1]}"
             )
+        if self.cfg.propagation == "per-frame-kmeans":
+            return self._per_frame_kmeans(feats)
         x = feats.detach().reshape(-1, c)
         pred, dist = _knn(self._ref_x, self._ref_y, x, self.cfg.knn_k, self.cfg.knn_chunk)
         if self.cfg.spawn_threshold is not None:
@@ -336,6 +338,19 @@ class SceneContext:
                 pred = torch.where(far, torch.full_like(pred, self._next_label), pred)
                 self._add_classes(pred[far][:1])
         return pred.view(b, h, w)
+
+    def _per_frame_kmeans(self, feats: Tensor) -> Tensor:
+        """Baseline: k-means on each frame alone; ids follow first appearance in each frame."""
+        cfg = self.cfg
+        out = []
+        for frame in feats.detach():
+            tokens = frame.reshape(-1, frame.shape[-1])
+            _, assign = kmeans(tokens, min(cfg.k, tokens.shape[0]), cfg.n_init,
+                               cfg.kmeans_iters, cfg.kmeans_tol, cfg.seed)
+            out.append(_first_appearance_lut(assign, cfg.k)[assign].view(frame.shape[:2]))
+        labels = torch.stack(out)
+        self._add_classes(labels)
+        return labels
 
     def update(self, feats: Tensor, labels: Tensor) -> None:
         """Refit the reference on a window (autoregressive update, METHOD 1.5).
