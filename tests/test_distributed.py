@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, open_dataset
-from zsvss_nb.errors import MissingDependencyError
+from zsvss_nb.errors import LabelError, MissingDependencyError, ModelNotFoundError
 from zsvss_nb.runner import DONE_FILE, run_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,13 +96,28 @@ def test_ray_equals_single_process_runner(ray, dataset, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in distributed.glob("*/*.png")} == before
 
 
-def test_ray_video_errors_propagate(ray, dataset, tmp_path):
+def test_ray_video_errors_propagate_with_their_type(ray, dataset, tmp_path):
     from zsvss_nb.distributed import run_dataset_ray
 
-    # No video has a first-frame label: the first-frame protocol must fail loudly.
-    with pytest.raises(Exception, match="has no label"):
-        run_dataset_ray(dataset, tmp_path, "tiny", CFG, concurrency=1, use_first_frame_gt=True)
-    assert not list(tmp_path.glob(f"*/{DONE_FILE}"))
+    # Only clip2 has a first-frame label: the first-frame protocol must fail loudly, typed, on
+    # clip1 and clip10, while clip2 (already sent to a worker) is still finished.
+    root = shutil.copytree(dataset.root, tmp_path / "data")
+    label = np.zeros((H, W), np.uint8)
+    label[75:115] = 1
+    (root / "labels" / "clip2").mkdir(parents=True)
+    Image.fromarray(label).save(root / "labels" / "clip2" / "000.png")
+    ds = open_dataset("folder", root)
+    out = tmp_path / "pred"
+    with pytest.raises(LabelError, match="video clip1: first frame '000' has no label"):
+        run_dataset_ray(ds, out, "tiny", CFG, concurrency=1, use_first_frame_gt=True)
+    manifest = json.loads((out / "run_manifest_ray.json").read_text())
+    assert [r["video"] for r in manifest["videos_failed"]] == ["clip1", "clip10"]
+    assert manifest["videos_failed"][0]["error"].startswith("LabelError: video clip1")
+    assert [r["video"] for r in manifest["videos_done"]] == ["clip2"]
+    assert sorted(p.parent.name for p in out.glob(f"*/{DONE_FILE}")) == ["clip2"]
+
+    with pytest.raises(ModelNotFoundError, match="no-such-model"):
+        run_dataset_ray(ds, tmp_path / "m", str(tmp_path / "no-such-model"), CFG, concurrency=1)
 
 
 def test_missing_ray_names_the_extra(monkeypatch, dataset, tmp_path):

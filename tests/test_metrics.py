@@ -428,3 +428,172 @@ def test_evaluate_folders_on_real_camvid(tmp_path):
     assert r.miou == 1.0 and r.mvc8 == 1.0 and r.mvc16 == 1.0
     assert r.num_videos == 2 and r.num_frames == 60
     assert all(not math.isnan(v) for v in r.per_class_iou[:9])  # 0006R0 + 0016E5 classes
+
+
+# ---------------------------------------------------------------- notebook helpers
+
+
+def change_fraction_loop(frames):
+    out = []
+    for a, b in zip(frames[:-1], frames[1:], strict=True):
+        changed = total = 0
+        for y in range(a.shape[0]):
+            for x in range(a.shape[1]):
+                changed += int(a[y, x] != b[y, x])
+                total += 1
+        out.append(changed / total)
+    return out
+
+
+def test_label_change_fraction_and_flicker_match_loop():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 3, (5, 6, 7))
+    from zsvss_nb.metrics import flicker_rate, label_change_fraction
+
+    np.testing.assert_allclose(label_change_fraction(frames), change_fraction_loop(frames))
+    np.testing.assert_allclose(
+        label_change_fraction(list(torch.as_tensor(frames))), change_fraction_loop(frames)
+    )
+    assert flicker_rate(frames) == pytest.approx(np.mean(change_fraction_loop(frames)))
+    static = np.repeat(frames[:1], 4, axis=0)
+    assert flicker_rate(static) == 0.0
+    moving = np.zeros((3, 4, 4), dtype=np.int64)
+    moving[1, :, :2] = 1  # half the pixels change into frame 1 and back out of it
+    np.testing.assert_allclose(label_change_fraction(moving), [0.5, 0.5])
+    assert math.isnan(flicker_rate(frames[:1]))
+    with pytest.raises(LabelError):
+        label_change_fraction([frames[0], frames[1][:3]])
+
+
+def test_evaluate_protocols_rows_equal_single_evaluations():
+    from zsvss_nb.metrics import VideoPrediction, evaluate_protocols
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 3, (6, 6))
+    gts = [np.where(rng.random((6, 6)) < 0.1, (base + 1) % 3, base) for _ in range(10)]
+    preds = [(g + 1) % 3 for g in gts]  # a consistent relabelling: hungarian/majority undo it
+    videos = [VideoPrediction("v", preds, gts)]
+    table = evaluate_protocols(iter(videos), 3, 255, vc_ns=(2, 8), run="run A")
+    assert [r.protocol for _, r in table.rows] == list(PROTOCOLS)
+    for protocol in PROTOCOLS:
+        want = evaluate([("v", preds, gts)], 3, 255, protocol, (2, 8))
+        got = table.result("run A", protocol)
+        assert got.miou == pytest.approx(want.miou)
+        assert got.mvc == pytest.approx(want.mvc)
+        assert not math.isnan(got.mvc[8])
+    assert table.result("run A", "first-frame").miou == 0.0
+    assert table.result("run A", "hungarian").miou == 1.0
+    assert table.result("run A", "majority").miou == 1.0
+    with pytest.raises(ConfigError):
+        table.result("run B", "hungarian")
+
+
+def test_result_table_markdown_lists_every_row_in_percent():
+    from zsvss_nb.metrics import Markdown, ResultTable, evaluate_protocols
+
+    gt = [np.array([[0, 0], [1, 1]])] * 3
+    pred = [np.array([[0, 1], [1, 1]])] * 3
+    names = ["bg", "fg"]
+    a = evaluate_protocols([("v", pred, gt)], 2, None, ("first-frame",), (2,), names, "A")
+    b = evaluate_protocols([("v", gt, gt)], 2, None, ("hungarian",), (2,), names, "B")
+    table = ResultTable() + a + b
+    assert len(table) == 2
+    lines = table.markdown().splitlines()
+    assert lines[0] == "| run | protocol | mIoU | mVC2 | pixel acc | videos | frames |"
+    # IoU bg = 1/2, fg = 2/3 -> mIoU 58.33; pixel acc 3/4
+    assert lines[2] == "| A | first-frame | 58.33 | 100.00 | 75.00 | 1 | 3 |"
+    assert lines[3] == "| B | hungarian | 100.00 | 100.00 | 100.00 | 1 | 3 |"
+    per_class = table.per_class()
+    assert isinstance(per_class, Markdown) and per_class._repr_markdown_() == per_class
+    assert per_class.splitlines() == [
+        "| class | A (first-frame) | B (hungarian) |",
+        "|---|---|---|",
+        "| bg | 50.00 | 100.00 |",
+        "| fg | 66.67 | 100.00 |",
+    ]
+    assert table._repr_markdown_() == table.markdown() == str(table) == repr(table)
+    assert table.select(protocols=["hungarian"]).rows == b.rows
+    assert table.select(runs=["A", "B"], protocols=["first-frame"]).rows == a.rows
+    other = evaluate_protocols([("v", gt, gt)], 3, None, ("hungarian",), (2,), None, "C")
+    with pytest.raises(ConfigError, match="class sets"):
+        (table + other).per_class()
+    with pytest.raises(ConfigError):
+        ResultTable().per_class()
+
+
+def _write_folder_dataset(root: Path, frames: int, size: int) -> None:
+    """One video of ``frames`` frames: left half class 1, right half class 2, top rows void 9."""
+    rng = np.random.default_rng(2)
+    (root / "clip").mkdir(parents=True)
+    (root / "labels" / "clip").mkdir(parents=True)
+    for t in range(frames):
+        img = np.zeros((size, size, 3), dtype=np.uint8)
+        img[:, : size // 2] = (200, 30, 30)
+        img[:, size // 2 :] = (30, 30, 200)
+        img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "clip" / f"f{t:03d}.png")
+        lab = np.full((size, size), 2, dtype=np.uint8)
+        lab[:, : size // 2] = 1
+        lab[:8] = 9
+        Image.fromarray(lab).save(root / "labels" / "clip" / f"f{t:03d}.png")
+
+
+class _FakeSegmenter:
+    """Stands in for pipeline.Segmenter: label = frame index + 1 where the first-frame GT is 2."""
+
+    configs: list = []
+
+    def __init__(self, backbone, cfg):
+        self.cfg = cfg
+        _FakeSegmenter.configs.append(cfg)
+
+    def segment(self, video, first_frame_gt=None, return_debug=False, progress=True):
+        from zsvss_nb.pipeline import FrameResult
+
+        w, h = video.size
+        for i in range(len(video)):
+            lab = torch.zeros(h, w, dtype=torch.long)
+            if first_frame_gt is not None:
+                lab[torch.as_tensor(first_frame_gt) == 2] = i + 1
+            yield FrameResult(index=i, labels=lab, name=video.names[i])
+
+
+def test_segment_dataset_cuts_clips_routes_ignore_and_pairs_gt(tmp_path, monkeypatch):
+    from zsvss_nb import SegmentConfig, pipeline
+    from zsvss_nb.metrics import segment_dataset
+
+    _write_folder_dataset(tmp_path, frames=4, size=64)
+    ds = open_dataset("folder", tmp_path, num_classes=3, ignore_index=9)
+    monkeypatch.setattr(pipeline, "Segmenter", _FakeSegmenter)
+    _FakeSegmenter.configs.clear()
+    (run,) = segment_dataset(None, SegmentConfig.tiny(), ds, max_frames=3)
+    assert _FakeSegmenter.configs[0].context.ignore_index == 9
+    assert run.name == "clip" and len(run.preds) == len(run.gts) == 3
+    assert run.frames.shape == (3, 3, 64, 64) and run.frames.dtype == torch.uint8
+    for t, (pred, gt) in enumerate(zip(run.preds, run.gts, strict=True)):
+        want = np.asarray(Image.open(ds.videos[0].labels[f"f{t:03d}"])).astype(np.int64)
+        np.testing.assert_array_equal(gt, want)
+        assert pred.dtype == np.int64
+        np.testing.assert_array_equal(pred, np.where(want == 2, t + 1, 0))  # GT of frame 1 used
+    free = segment_dataset(None, SegmentConfig.tiny(), ds, first_frame_gt=False, keep_frames=False)
+    assert free[0].frames is None and len(free[0].preds) == 4
+    assert all(int(p.max()) == 0 for p in free[0].preds)  # no GT reached the segmenter
+    with pytest.raises(ConfigError):
+        segment_dataset(None, SegmentConfig.tiny(), ds, max_frames=0)
+    (tmp_path / "labels" / "clip" / "f000.png").unlink()
+    ds = open_dataset("folder", tmp_path, num_classes=3, ignore_index=9)
+    with pytest.raises(LabelError, match="f000"):
+        segment_dataset(None, SegmentConfig.tiny(), ds)
+
+
+def test_segment_dataset_with_tiny_model_never_predicts_void(tmp_path):
+    from zsvss_nb import SegmentConfig, load_backbone
+    from zsvss_nb.metrics import segment_dataset
+
+    _write_folder_dataset(tmp_path, frames=2, size=64)
+    ds = open_dataset("folder", tmp_path, num_classes=3, ignore_index=9)
+    cfg = SegmentConfig.tiny().replace(window=2, k=3, method="nearest")
+    (run,) = segment_dataset(load_backbone("tiny"), cfg, ds)
+    for pred in run.preds:
+        assert pred.shape == (64, 64)
+        assert set(np.unique(pred)) <= {1, 2}  # GT classes of frame 1; the void id 9 never

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zsvss_nb import SegmentConfig, load_backbone
@@ -22,6 +23,7 @@ from zsvss_nb.runner import (
     _first_frame_ids,
     config_hash,
     is_finished,
+    local_device,
     run_dataset,
     segment_video_item,
 )
@@ -171,8 +173,10 @@ def test_resume_after_interruption_is_byte_identical(
 def test_is_finished_and_config_hash(tmp_path, backbone):
     key = config_hash(CFG, backbone, False)
     assert key == config_hash(SegmentConfig.from_dict(CFG.to_dict()), backbone, False)
-    assert len({key, config_hash(CFG, backbone, True),
-                config_hash(CFG.replace(k=4), backbone, False)}) == 3
+    assert (
+        len({key, config_hash(CFG, backbone, True), config_hash(CFG.replace(k=4), backbone, False)})
+        == 3
+    )
     assert not is_finished(tmp_path, key)  # no file
     (tmp_path / DONE_FILE).write_text("{truncated")
     assert not is_finished(tmp_path, key)
@@ -185,8 +189,9 @@ def test_is_finished_and_config_hash(tmp_path, backbone):
 def test_exceptions_propagate_and_are_recorded(dataset, backbone, tmp_path, monkeypatch):
     # clip2 (shard 1/2) has no labels: first-frame GT cannot work and must not be skipped.
     with pytest.raises(LabelError, match="clip2"):
-        run_dataset(dataset, tmp_path, backbone, CFG, shard=(1, 2), use_first_frame_gt=True,
-                    progress=False)
+        run_dataset(
+            dataset, tmp_path, backbone, CFG, shard=(1, 2), use_first_frame_gt=True, progress=False
+        )
     manifest = json.loads((tmp_path / "run_manifest_1.json").read_text())
     assert manifest["error"]["video"] == "clip2" and manifest["error"]["type"] == "LabelError"
     assert manifest["videos_done"] == []
@@ -219,8 +224,9 @@ def test_first_frame_gt_uses_gt_classes(dataset, backbone, reference, tmp_path):
     assert max(int(a.max()) for a in no_gt) > 2
     # The runner hands the segmenter the dataset's GT ids with void made negative.
     gt0 = dataset.read_label(item.labels["000"])
-    direct = Segmenter(backbone, CFG).segment(item.frames, np.where(gt0 == 255, -1, gt0),
-                                              progress=False)
+    direct = Segmenter(backbone, CFG).segment(
+        item.frames, np.where(gt0 == 255, -1, gt0), progress=False
+    )
     for r in direct:
         np.testing.assert_array_equal(r.labels.numpy(), read[r.index])
 
@@ -242,3 +248,12 @@ def test_first_frame_ids_void_and_binary(tmp_path):
     item.labels.clear()
     with pytest.raises(LabelError, match="'f0' has no label"):
         _first_frame_ids(item, ds, CFG)
+
+
+def test_local_device_spreads_ranks_over_gpus():
+    assert local_device({"LOCAL_RANK": "1"}, cuda_devices=0) is None  # no CUDA: default device
+    assert local_device({}, cuda_devices=4) is None  # no launcher
+    assert local_device({"LOCAL_RANK": "5"}, cuda_devices=4) == torch.device("cuda", 1)
+    assert local_device({"SLURM_LOCALID": "2"}, cuda_devices=1) == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match="LOCAL_RANK"):
+        local_device({"LOCAL_RANK": "x"}, cuda_devices=2)

@@ -329,3 +329,161 @@ def test_plot_tracks_draws_valid_tracks_in_pixels() -> None:
     plt.close(fig)
     with pytest.raises(InputError):
         viz.plot_tracks(frames, pos[:2], valid, grid_hw=(2, 8))
+
+
+# ----------------------------------------------------------------------------- notebook panels
+
+
+def resize_labels_loop(lab: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = lab.shape
+    out = np.zeros(size, dtype=np.int64)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            y = min(int((i + 0.5) * h / size[0]), h - 1)
+            x = min(int((j + 0.5) * w / size[1]), w - 1)
+            out[i, j] = lab[y, x]
+    return out
+
+
+def boundary_box_loop(lab: np.ndarray, bh: int, bw: int) -> tuple[int, int, int, int]:
+    h, w = lab.shape
+    edge = np.zeros((h, w), dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            edge[y, x] = (x + 1 < w and lab[y, x] != lab[y, x + 1]) or (
+                y + 1 < h and lab[y, x] != lab[y + 1, x]
+            )
+    best, arg = -1, (0, 0)
+    for y in range(h - bh + 1):
+        for x in range(w - bw + 1):
+            s = int(edge[y : y + bh, x : x + bw].sum())
+            if s > best:
+                best, arg = s, (y, x)
+    return arg[0], arg[1], arg[0] + bh, arg[1] + bw
+
+
+@pytest.mark.parametrize("size", [(7, 9), (12, 16), (3, 5), (24, 8)])
+def test_resize_labels_matches_loop(size) -> None:
+    lab = np.random.default_rng(1).integers(0, 6, (4, 6))
+    np.testing.assert_array_equal(viz.resize_labels(lab, size), resize_labels_loop(lab, size))
+    batch = viz.resize_labels(torch.as_tensor(np.stack([lab, lab + 1])), size)
+    assert batch.shape == (2, *size)
+    np.testing.assert_array_equal(batch[1], resize_labels_loop(lab + 1, size))
+    with pytest.raises(LabelError):
+        viz.resize_labels(np.zeros((2, 2)), size)  # float ids
+
+
+def test_resize_labels_integer_factor_repeats_cells() -> None:
+    lab = np.array([[0, 1], [2, 3]])
+    np.testing.assert_array_equal(viz.resize_labels(lab, (4, 6)), lab.repeat(2, 0).repeat(3, 1))
+
+
+def test_relative_cell_picks_the_same_place_on_any_grid() -> None:
+    assert viz.relative_cell((0.0, 0.0), (4, 8)) == (0, 0)
+    assert viz.relative_cell((1.0, 1.0), (4, 8)) == (3, 7)
+    assert viz.relative_cell((0.5, 0.26), (4, 8)) == (2, 2)
+    assert viz.relative_cell((0.5, 0.26), (8, 16)) == (4, 4)
+    with pytest.raises(InputError):
+        viz.relative_cell((1.2, 0.0), (4, 4))
+
+
+def test_boundary_box_matches_loop_and_finds_planted_edges() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        lab = rng.integers(0, 3, (9, 11))
+        assert viz.boundary_box(lab, (4, 5)) == boundary_box_loop(lab, 4, 5)
+    planted = np.zeros((40, 60), dtype=np.int64)
+    planted[20:30, 40:50] = np.indices((10, 10)).sum(0) % 2  # a checkerboard patch
+    y0, x0, y1, x1 = viz.boundary_box(planted, (10, 10))
+    assert (y1 - y0, x1 - x0) == (10, 10)
+    assert abs(y0 - 20) <= 1 and abs(x0 - 40) <= 1
+    assert viz.boundary_box(planted, (100, 100)) == (0, 0, 40, 60)  # clipped to the frame
+
+
+def test_show_label_maps_overlays_resized_maps_on_each_frame() -> None:
+    frame = rng_frame(8, 12)
+    coarse = np.array([[0, 1, 2], [3, 4, 5]])
+    fine = np.random.default_rng(3).integers(0, 4, (8, 12))
+    fig = viz.show_label_maps(frame, [coarse, fine], titles=["coarse", "fine"], alpha=0.5)
+    a0, a1 = fig.axes[:2]
+    np.testing.assert_array_equal(
+        a0.images[0].get_array(), viz.overlay(frame, resize_labels_loop(coarse, (8, 12)), 0.5)
+    )
+    np.testing.assert_array_equal(a1.images[0].get_array(), viz.overlay(frame, fine, 0.5))
+    assert a0.get_title() == "coarse"
+    legend = a1.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [str(i) for i in range(6)]
+    plain = viz.show_label_maps(None, torch.as_tensor(coarse)[None], legend=False)
+    np.testing.assert_array_equal(plain.axes[0].images[0].get_array(), viz.palette()[coarse])
+    with pytest.raises(InputError):
+        viz.show_label_maps(np.stack([frame] * 3), [coarse, fine])
+
+
+def test_show_label_rows_one_row_per_stage_and_union_legend() -> None:
+    frames = np.stack([rng_frame(8, 8, s) for s in range(3)])
+    rows = {"a": np.zeros((3, 2, 2), np.int64), "b": np.full((3, 2, 2), 7, np.int64)}
+    fig = viz.show_label_rows(frames, rows)
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert axes[0, 0].get_ylabel() == "a" and axes[1, 0].get_ylabel() == "b"
+    assert axes[0, 2].get_title() == "frame 2" and axes[1, 2].get_title() == ""
+    texts = [t.get_text() for t in axes[0, -1].get_legend().get_texts()]
+    assert texts == ["0", "7"]
+    with pytest.raises(InputError):
+        viz.show_label_rows(frames, {"a": rows["a"], "b": rows["b"][:2]})
+
+
+def test_show_feature_pca_shows_the_joint_projection() -> None:
+    feats = torch.randn(2, 3, 4, 8, generator=torch.Generator().manual_seed(0))
+    fig = viz.show_feature_pca(feats, titles=["x", "y"])
+    want = viz.feature_pca_rgb(feats).numpy()
+    got = fig.axes[1].images[0].get_array()
+    np.testing.assert_array_equal(got, (np.clip(want[1], 0, 1) * 255 + 0.5).astype(np.uint8))
+    assert fig.axes[1].get_title() == "y"
+
+
+def test_show_feature_views_queries_each_model_at_the_same_relative_point() -> None:
+    frames = np.stack([rng_frame(32, 64, s) for s in range(2)])
+    coarse = torch.randn(2, 2, 4, 5, generator=torch.Generator().manual_seed(1))
+    fine = torch.randn(2, 4, 8, 3, generator=torch.Generator().manual_seed(2))
+    fig = viz.show_feature_views({"A": coarse, "B": fine}, frames, point=(1, 0.9, 0.3))
+    grid = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(grid) == 4 * 2
+    sim_b = grid[3 * 2 + 1]  # model B, similarity row, frame 1
+    y, x = viz.relative_cell((0.9, 0.3), (4, 8))
+    np.testing.assert_allclose(
+        sim_b.images[1].get_array(), viz.cosine_similarity_map(fine, 1, y, x)[1].numpy(), atol=1e-6
+    )
+    (marker,) = sim_b.lines
+    np.testing.assert_allclose(marker.get_xydata()[0], [(x + 0.5) * 64 / 8, (y + 0.5) * 32 / 4])
+    assert grid[0].get_ylabel() == "A\nPCA" and grid[6].get_ylabel() == "B\nsimilarity"
+    with pytest.raises(InputError):
+        viz.show_feature_views({"A": coarse[:1]}, frames)
+
+
+def test_show_zoom_crops_every_labelling_to_the_box() -> None:
+    frame = rng_frame(16, 20)
+    fine = np.random.default_rng(4).integers(0, 3, (16, 20))
+    coarse = np.array([[0, 1], [1, 2]])
+    fig = viz.show_zoom(frame, {"fine": fine, "coarse": coarse}, (4, 6, 12, 16))
+    np.testing.assert_array_equal(
+        fig.axes[1].images[0].get_array(), viz.overlay(frame, fine, 0.5)[4:12, 6:16]
+    )
+    full = resize_labels_loop(coarse, (16, 20))
+    np.testing.assert_array_equal(
+        fig.axes[2].images[0].get_array(), viz.overlay(frame, full, 0.5)[4:12, 6:16]
+    )
+    (rect,) = fig.axes[0].patches
+    assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (6, 4, 10, 8)
+    with pytest.raises(InputError):
+        viz.show_zoom(frame, {"fine": fine}, (4, 6, 40, 16))
+
+
+def test_show_images_sizes_the_figure_by_the_aspect_ratio() -> None:
+    panels = [rng_frame(30, 90, s) for s in range(3)]
+    fig = viz.show_images(panels, titles=["a", "b", "c"], width=9.0)
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(9.0) and h == pytest.approx(3 * (3.0 + 0.3))
+    assert [a.get_title() for a in fig.axes] == ["a", "b", "c"]
+    np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), panels[2])
+    with pytest.raises(InputError):
+        viz.show_images([])

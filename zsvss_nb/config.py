@@ -160,6 +160,18 @@ class UpsampleConfig(_Replaceable):
     # unmodulated pass decoded too, fp32 VAE) without its disk traffic, for benchmarks
     skip_empty: bool = True  # skip (class, frame) pairs whose mask is empty: their D is 0
     decode_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # METHOD 1.8: fp32 VAE
+    decode_batch: int = 4  # frames per VAE decode call ("batched" only); bounds memory, 0 = all
+    share_prefix: bool = True  # "batched" only: at the first modulation step every pass starts
+    # from z_{t*}, so the UNet up to the modulated layer computes exactly what the feature pass
+    # computed; replay those module outputs (cached by extract) instead of recomputing them
+    unet_autocast: Literal["none", "bfloat16", "float16"] = "none"  # beyond the paper: run the
+    # modulated passes under autocast (bf16 uses AMX/AVX512-BF16 on recent x86 CPUs)
+    modulation_cfg: bool = True  # False (beyond the paper): the modulated passes run the
+    # conditional branch only (half the UNet work); the feature pass keeps its guidance
+    neighbourhood_classes: bool = False  # beyond the paper: a pixel competes only among the
+    # classes in the 3x3 neighbourhood of its coarse cell; (class, frame) pairs without a
+    # competitor anywhere are not modulated
+    torch_compile: bool = False  # beyond the paper: torch.compile the UNet for the modulated passes
     bilateral_sigma_space: float = 0.5  # joint-bilateral: spatial sigma in coarse cells
     bilateral_sigma_color: float = 0.1  # joint-bilateral: colour sigma on [0, 1] RGB
     paper_compat: bool = False  # True: uint8 wrap-around difference, 8-bit maps (see above)
@@ -177,6 +189,16 @@ class UpsampleConfig(_Replaceable):
             raise ConfigError(f"execution={self.execution!r}: use 'batched' or 'reference'")
         if self.output not in ("filtered", "raw"):
             raise ConfigError(f"output={self.output!r}: use 'filtered' or 'raw'")
+        if self.decode_batch < 0:
+            raise ConfigError("decode_batch must be >= 0 (0 = every frame in one decode)")
+        if self.unet_autocast not in ("none", "bfloat16", "float16"):
+            raise ConfigError(
+                f"unet_autocast={self.unet_autocast!r}: use 'none', 'bfloat16' or 'float16'"
+            )
+        if self.decode_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"decode_dtype={self.decode_dtype!r}: use 'float32', 'bfloat16' or 'float16'"
+            )
 
 
 @dataclass(frozen=True)

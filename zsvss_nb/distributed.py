@@ -8,7 +8,9 @@ library versions). Needs the ``distributed`` extra: ``pip install 'zsvss[distrib
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import socket
 import time
 from pathlib import Path
@@ -36,7 +38,9 @@ class VideoWorker:
     """Ray Data callable class: loads the backbone once, then segments one video per row.
 
     Rows are ``{"video": name}``; the returned batch holds the per-video summaries of
-    :func:`segment_video_item` (plus ``host``), one row per video.
+    :func:`segment_video_item` plus ``host`` and ``error``. A failure (also of loading the
+    model) becomes an error row carrying the pickled exception, so the driver can re-raise it
+    with its type: Ray Data would otherwise wrap it in an untyped ``UserCodeException``.
     """
 
     def __init__(
@@ -53,27 +57,80 @@ class VideoWorker:
 
         self.dataset = dataset
         self.out_root = Path(out_root)
-        self.cfg = SegmentConfig.from_dict(cfg)
-        self.backbone = load_backbone(model_spec)
         self.use_first_frame_gt = use_first_frame_gt
         self.resume = resume
-        self.key = config_hash(self.cfg, self.backbone, use_first_frame_gt)
         self.host = f"{socket.gethostname()}:{os.getpid()}"
+        self.init_error: Exception | None = None
+        try:
+            self.cfg = SegmentConfig.from_dict(cfg)
+            self.backbone = load_backbone(model_spec)
+            self.key = config_hash(self.cfg, self.backbone, use_first_frame_gt)
+        except Exception as err:
+            self.init_error = err
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _one(self, name: str) -> dict[str, Any]:
         from .runner import is_finished, segment_video_item
 
+        if self.init_error is not None:
+            raise self.init_error
+        item = self.dataset.video(name)
+        if self.resume and is_finished(self.out_root / item.name, self.key):
+            return {
+                "video": item.name,
+                "frames": 0,
+                "seconds": 0.0,
+                "skipped": True,
+                "config_hash": self.key,
+            }
+        return segment_video_item(
+            item,
+            self.out_root,
+            self.backbone,
+            self.cfg,
+            self.use_first_frame_gt,
+            self.dataset,
+            key=self.key,
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
-        for name in batch["video"]:
-            item = self.dataset.video(str(name))
-            if self.resume and is_finished(self.out_root / item.name, self.key):
-                summary = {"video": item.name, "frames": 0, "seconds": 0.0, "skipped": True,
-                           "config_hash": self.key}
-            else:
-                summary = segment_video_item(item, self.out_root, self.backbone, self.cfg,
-                                             self.use_first_frame_gt, self.dataset, key=self.key)
-            rows.append({**summary, "host": self.host})
-        return {key: np.array([r[key] for r in rows]) for key in rows[0]} if rows else {}
+        for raw in batch["video"]:
+            name = str(raw)
+            tic = time.perf_counter()
+            try:
+                row = {**self._one(name), "error": "", "exception": ""}
+            except Exception as err:
+                row = {
+                    "video": name,
+                    "frames": 0,
+                    "seconds": round(time.perf_counter() - tic, 3),
+                    "skipped": False,
+                    "config_hash": getattr(self, "key", ""),
+                    "error": f"{type(err).__name__}: {err}",
+                    "exception": _pack(err),
+                }
+            rows.append({**row, "host": self.host})
+        return {key: np.array([r[key] for r in rows]) for key in rows[0]}
+
+
+def _pack(err: Exception) -> str:
+    """The exception pickled as base64 text ("" when it cannot be pickled)."""
+    try:
+        return base64.b64encode(pickle.dumps(err)).decode("ascii")
+    except Exception:
+        return ""
+
+
+def _unpack(row: dict[str, Any]) -> Exception:
+    """The exception of an error row, or a RuntimeError with its text when it did not pickle."""
+    if row["exception"]:
+        try:
+            err = pickle.loads(base64.b64decode(row["exception"]))
+            if isinstance(err, Exception):
+                return err
+        except Exception:
+            pass
+    return RuntimeError(f"video {row['video']}: {row['error']}")
 
 
 def _plain(value: Any) -> Any:
@@ -102,7 +159,9 @@ def run_dataset_ray(
     as resources allow). Connects to ``ray_address`` (or starts a local Ray) unless Ray is
     already initialised, and shuts down only a Ray it started. With ``resume``, videos whose
     ``.done.json`` matches the config hash are skipped (``"skipped": True``). A failing video
-    raises (Ray wraps the error). Returns the per-video summaries sorted by video name.
+    does not stop the others (they are expensive on a cluster); once all have run, the
+    manifest lists every failure and the first one (in video order) is re-raised with its own
+    type, e.g. :class:`LabelError`. Returns the per-video summaries sorted by video name.
     """
     ray = _import_ray()
     if concurrency is not None and concurrency < 1:
@@ -147,33 +206,67 @@ def run_dataset_ray(
             )
             .take_all()
         )
-        summaries = [{k: _plain(v) for k, v in row.items()} for row in rows]
-        summaries.sort(key=lambda s: natural_key(str(s["video"])))
-        _write_manifest(out, dataset, model_spec, cfg_dict, summaries, resume,
-                        use_first_frame_gt, time.perf_counter() - tic, ray.__version__)
+        rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
+        rows.sort(key=lambda s: natural_key(str(s["video"])))
+        failed = [r for r in rows if r["error"]]
+        summaries = [{k: v for k, v in r.items() if k != "exception"} for r in rows]
+        _write_manifest(
+            out,
+            dataset,
+            model_spec,
+            cfg_dict,
+            summaries,
+            resume,
+            use_first_frame_gt,
+            time.perf_counter() - tic,
+            ray.__version__,
+        )
+        if failed:
+            err = _unpack(failed[0])
+            if hasattr(err, "add_note"):
+                err.add_note(
+                    f"video {failed[0]['video']} failed ({len(failed)} of {len(rows)} videos "
+                    f"failed; see {out / 'run_manifest_ray.json'})"
+                )
+            raise err
         return summaries
     finally:
         if started:
             ray.shutdown()
 
 
-def _write_manifest(out: Path, dataset: Dataset, model_spec: str, cfg: dict[str, Any],
-                    summaries: list[dict[str, Any]], resume: bool, use_gt: bool,
-                    seconds: float, ray_version: str) -> None:
+def _write_manifest(
+    out: Path,
+    dataset: Dataset,
+    model_spec: str,
+    cfg: dict[str, Any],
+    summaries: list[dict[str, Any]],
+    resume: bool,
+    use_gt: bool,
+    seconds: float,
+    ray_version: str,
+) -> None:
     """``out/run_manifest_ray.json``: the Ray run's config, model spec and per-video summaries."""
     from .runner import atomic_write_json, versions
 
-    atomic_write_json(out / "run_manifest_ray.json", {
-        "dataset": {"format": dataset.name, "root": str(dataset.root),
-                    "videos_total": len(dataset.videos)},
-        "launcher": "ray",
-        "resume": resume,
-        "first_frame_gt": use_gt,
-        "config": cfg,
-        "model_spec": str(model_spec),
-        "versions": {**versions(), "ray": ray_version},
-        "videos_done": [s for s in summaries if not s["skipped"]],
-        "videos_skipped": [s["video"] for s in summaries if s["skipped"]],
-        "frames_done": sum(int(s["frames"]) for s in summaries),
-        "seconds": round(seconds, 3),
-    })
+    atomic_write_json(
+        out / "run_manifest_ray.json",
+        {
+            "dataset": {
+                "format": dataset.name,
+                "root": str(dataset.root),
+                "videos_total": len(dataset.videos),
+            },
+            "launcher": "ray",
+            "resume": resume,
+            "first_frame_gt": use_gt,
+            "config": cfg,
+            "model_spec": str(model_spec),
+            "versions": {**versions(), "ray": ray_version},
+            "videos_done": [s for s in summaries if not s["skipped"] and not s["error"]],
+            "videos_failed": [s for s in summaries if s["error"]],
+            "videos_skipped": [s["video"] for s in summaries if s["skipped"]],
+            "frames_done": sum(int(s["frames"]) for s in summaries),
+            "seconds": round(seconds, 3),
+        },
+    )

@@ -13,8 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from .attention import AttentionController
 from .backbone import Backbone
@@ -55,6 +58,9 @@ class FeatureResult:
     images: [B, 3, H', W'] the processed frames in [0, 1]; geometry maps back to the original.
     z_start: the noised latent at t* [B, 4, H'/8, W'/8]; latents[i]: latent after step i.
     cache: stored projections for injection, [halves, B, N, C] per (step, block, layer, kind).
+    prefix: outputs of :func:`prefix_modules` at the first modulation step, batch [halves * B]
+    ([uncond; cond] halves of frames), keyed by module path; prefix_key = (step, block, layer)
+    they were recorded for. halves: CFG halves of the feature pass (1 without guidance).
     """
 
     features: torch.Tensor
@@ -69,6 +75,9 @@ class FeatureResult:
     sigma_start: float | None = None
     unet_evals: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    prefix: dict[str, Any] = field(default_factory=dict)
+    prefix_key: tuple[int, int, str] | None = None
+    halves: int = 2
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -93,6 +102,40 @@ def aggregate(blocks: list[torch.Tensor], mode: str) -> torch.Tensor:
     if mode == "concat":
         return torch.cat(blocks, dim=-1)
     raise ConfigError(f"aggregation={mode!r}: use 'mean' or 'concat'")
+
+
+def prefix_modules(unet: nn.Module, block: int, layer: str) -> dict[str, nn.Module]:
+    """The modules of a diffusers UNet that run before ``layer``'s output in decoder ``block``.
+
+    In execution order and coarsest first: every down block, the mid block, the up blocks
+    before ``block``'s, then inside that up block the resnets up to and the transformers
+    before ``block``'s own (plus its self-attention when ``layer`` is "attn2"). Their outputs
+    depend only on the step's latent, timestep and prompt, so a modulated pass that starts from
+    the feature pass's latent reproduces them exactly up to the modulated layer (METHOD 1.7a).
+    """
+    up, idx = divmod(block, 3)
+    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    if getattr(unet, "mid_block", None) is not None:
+        names.append("mid_block")
+    names += [f"up_blocks.{j}" for j in range(up)]
+    names += [f"up_blocks.{up}.resnets.{i}" for i in range(idx + 1)]
+    names += [f"up_blocks.{up}.attentions.{i}" for i in range(idx)]
+    if layer == "attn2":
+        names.append(f"up_blocks.{up}.attentions.{idx}.transformer_blocks.0.attn1")
+    return {name: unet.get_submodule(name) for name in names}
+
+
+def prefix_plan(cfg: SegmentConfig) -> tuple[int, int, str] | None:
+    """(step, block, layer) whose UNet prefix the batched modulation can replay, or None."""
+    ucfg, fcfg = cfg.upsample, cfg.features
+    if not (ucfg.method == "modulation" and ucfg.share_prefix and ucfg.execution == "batched"):
+        return None
+    if not ucfg.modulation_steps or not ucfg.modulated_blocks:
+        return None
+    step = min(ucfg.modulation_steps)
+    if not fcfg.start_step <= step < fcfg.num_inference_steps:
+        return None
+    return step, min(ucfg.modulated_blocks), "attn2" if ucfg.tensor == "attn2_out" else "attn1"
 
 
 def cfg_embeddings(backbone: Backbone, prompt: str, guidance: float) -> torch.Tensor:
@@ -158,6 +201,10 @@ def extract(
     """
     from .video import prepare_frames
 
+    if backbone.kind == "svd":  # Stable Video Diffusion: its own sampler and conditioning
+        from . import svd
+
+        return svd.extract(backbone, window, cfg, extra_blocks, keep_cache)
     cfg = cfg or SegmentConfig.paper_sd()
     fcfg = cfg.features
     frames = _as_frames(window)
@@ -196,18 +243,29 @@ def extract(
 
     tic = time.perf_counter()
     latents: dict[int, torch.Tensor] = {}
+    prefix_key = prefix_plan(cfg) if keep else None
+    prefix: dict[str, Any] = {}
     with AttentionController(backbone.unet, blocks_hooked) as ctl:
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
         ctl.plan.halves = emb.shape[0]
-        for i in range(fcfg.start_step, fcfg.num_inference_steps):
-            ctl.plan.step = i
-            eps = unet_eps(
-                backbone, z, float(schedule.sigmas[i]), float(schedule.timesteps[i]), emb,
-                fcfg.guidance_scale,
-            )
-            z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]).item() * eps
-            if keep:
-                latents[i] = z
+        handles = []
+        if prefix_key is not None:
+            for name, module in prefix_modules(backbone.unet, *prefix_key[1:]).items():
+                handles.append(module.register_forward_hook(
+                    _prefix_hook(prefix, name, ctl.plan, prefix_key[0])))
+        try:
+            for i in range(fcfg.start_step, fcfg.num_inference_steps):
+                ctl.plan.step = i
+                eps = unet_eps(
+                    backbone, z, float(schedule.sigmas[i]), float(schedule.timesteps[i]), emb,
+                    fcfg.guidance_scale,
+                )
+                z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]).item() * eps
+                if keep:
+                    latents[i] = z
+        finally:
+            for handle in handles:
+                handle.remove()
         stored = ctl.stored
     seconds["feature_pass"] = time.perf_counter() - tic
 
@@ -235,7 +293,20 @@ def extract(
         sigma_start=sigma,
         unet_evals=(fcfg.num_inference_steps - fcfg.start_step) * emb.shape[0] * z.shape[0],
         seconds=seconds,
+        prefix=prefix,
+        prefix_key=prefix_key if prefix else None,
+        halves=emb.shape[0],
     )
+
+
+def _prefix_hook(store: dict[str, Any], name: str, plan, step: int):
+    """Forward hook keeping ``name``'s output (a tensor or tuple of tensors) at ``step``."""
+
+    def hook(_module: nn.Module, _inputs, output):
+        if plan.step == step:
+            store[name] = tree_map_only(torch.Tensor, lambda t: t.detach(), output)
+
+    return hook
 
 
 def _extract_vit(backbone, images, geometry, cfg, seconds, tic) -> FeatureResult:

@@ -601,12 +601,24 @@ def _pct(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{100 * v:.2f}"
 
 
-@dataclass
+class Markdown(str):
+    """Text that a notebook renders as markdown (and prints as itself)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+@dataclass(repr=False)
 class ResultTable:
     """Results of several runs and protocols as one table; ``a + b`` concatenates the rows.
 
-    Shown as markdown in a notebook; :meth:`markdown` with ``per_class=True`` adds the per-class
-    IoU of every row as columns.
+    A notebook shows it as markdown (run, protocol, mIoU, mVC_n, pixel accuracy, videos,
+    frames, in percent); :meth:`per_class` gives per-class IoU with one column per row.
     """
 
     rows: list[tuple[str, EvalResult]] = field(default_factory=list)
@@ -624,8 +636,20 @@ class ResultTable:
                 return res
         raise ConfigError(f"no result for run {run!r} under protocol {protocol!r}")
 
-    def markdown(self, per_class: bool = False) -> str:
-        """Markdown: run, protocol, mIoU, mVC_n, pixel accuracy, videos, frames (percent)."""
+    def select(
+        self, runs: Sequence[str] | None = None, protocols: Sequence[str] | None = None
+    ) -> ResultTable:
+        """The rows whose run is in ``runs`` and protocol in ``protocols`` (None: any), in order."""
+        return ResultTable(
+            [
+                (name, r)
+                for name, r in self.rows
+                if (runs is None or name in runs) and (protocols is None or r.protocol in protocols)
+            ]
+        )
+
+    def markdown(self) -> Markdown:
+        """The summary table as markdown."""
         ns = sorted({n for _, r in self.rows for n in r.mvc})
         head = [
             "run",
@@ -636,9 +660,8 @@ class ResultTable:
             "videos",
             "frames",
         ]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, r in self.rows:
-            cells = [
+        rows = [
+            [
                 name,
                 r.protocol,
                 _pct(r.miou),
@@ -647,22 +670,36 @@ class ResultTable:
                 str(r.num_videos),
                 str(r.num_frames),
             ]
-            lines.append("| " + " | ".join(cells) + " |")
-        if per_class and self.rows:
-            width = max(r.num_classes for _, r in self.rows)
-            first = next((r.class_names for _, r in self.rows if r.class_names), None)
-            names = [first[k] if first and k < len(first) else str(k) for k in range(width)]
-            cols = [f"{name} ({r.protocol})" for name, r in self.rows]
-            lines += ["", "| class | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-            for k in range(width):
-                vals = [_pct(r.per_class_iou[k]) if k < r.num_classes else "" for _, r in self.rows]
-                lines.append(f"| {names[k]} | " + " | ".join(vals) + " |")
-        return "\n".join(lines)
+            for name, r in self.rows
+        ]
+        return Markdown("\n".join(_md_table(head, rows)))
+
+    def per_class(self) -> Markdown:
+        """Per-class IoU (percent) as markdown: one row per class, one column per table row.
+
+        All rows must score the same class set (one dataset): :meth:`select` them first.
+        """
+        if not self.rows:
+            raise ConfigError("the table has no rows")
+        classes = {(r.num_classes, tuple(r.class_names or ())) for _, r in self.rows}
+        if len(classes) > 1:
+            raise ConfigError("rows score different class sets; select the rows of one dataset")
+        first = self.rows[0][1]
+        names = first.class_names or [str(k) for k in range(first.num_classes)]
+        head = ["class", *(f"{name} ({r.protocol})" for name, r in self.rows)]
+        rows = [
+            [names[k], *(_pct(r.per_class_iou[k]) for _, r in self.rows)]
+            for k in range(first.num_classes)
+        ]
+        return Markdown("\n".join(_md_table(head, rows)))
 
     def _repr_markdown_(self) -> str:
         return self.markdown()
 
     def __str__(self) -> str:
+        return self.markdown()
+
+    def __repr__(self) -> str:
         return self.markdown()
 
 

@@ -21,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from .backbone import Backbone, load_backbone
 from .config import SegmentConfig
 from .datasets import Dataset, VideoItem, rank_from_env
 from .datasets import shard as shard_videos
-from .errors import DatasetLayoutError, LabelError
+from .errors import ConfigError, DatasetLayoutError, LabelError
 from .pipeline import Segmenter
 from .video import atomic_write_png, open_video
 
@@ -192,6 +193,33 @@ def model_identity(backbone: Backbone) -> dict[str, Any]:
     return identity
 
 
+_LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+
+
+def local_device(
+    env: Mapping[str, str] | None = None, cuda_devices: int | None = None
+) -> torch.device | None:
+    """The GPU of this process under a multi-process launcher: ``cuda:<local rank % #GPUs>``.
+
+    torchrun and accelerate start one process per GPU but leave every process seeing all GPUs,
+    so without this each would load the model onto cuda:0. Reads LOCAL_RANK (torchrun,
+    accelerate), then the Open MPI and SLURM local ranks. None when there is no CUDA device or
+    no local rank (the caller's default device applies). ``cuda_devices`` overrides the count.
+    """
+    e = os.environ if env is None else env
+    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if count < 1:
+        return None
+    for var in _LOCAL_RANK_VARS:
+        if var in e:
+            try:
+                local = int(e[var])
+            except ValueError as err:
+                raise ConfigError(f"{var}={e[var]!r} is not an integer") from err
+            return torch.device("cuda", local % count)
+    return None
+
+
 def run_dataset(
     dataset: Dataset,
     out_root: str | os.PathLike[str],
@@ -205,9 +233,10 @@ def run_dataset(
     """Segment this process's share of ``dataset`` into ``out_root``; return the run manifest.
 
     ``backbone``: a loaded :class:`Backbone` or a spec for :func:`load_backbone` (None: the
-    configured default). ``shard=(i, N)`` takes every N-th video from i (names in natural
-    order); None reads the rank and world size from the launcher's environment
-    (:func:`rank_from_env`: torchrun, accelerate, MPI, SLURM), (0, 1) when there is none.
+    configured default), loaded on this process's GPU (:func:`local_device`). ``shard=(i, N)``
+    takes every N-th video from i (names in natural order); None reads the rank and world size
+    from the launcher's environment (:func:`rank_from_env`: torchrun, accelerate, MPI, SLURM),
+    (0, 1) when there is none.
     With ``resume``, videos whose ``.done.json`` carries this run's config hash are skipped;
     otherwise existing outputs are overwritten file by file. An exception in a video is
     recorded in ``run_manifest_<rank>.json`` and re-raised, never skipped.
@@ -216,7 +245,7 @@ def run_dataset(
     rank, world = rank_from_env() if shard is None else (int(shard[0]), int(shard[1]))
     items = shard_videos(dataset.videos, rank, world)
     if not isinstance(backbone, Backbone):
-        backbone = load_backbone(backbone)
+        backbone = load_backbone(backbone, device=local_device())
     key = config_hash(cfg, backbone, use_first_frame_gt)
     out = Path(out_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,8 +288,9 @@ def run_dataset(
                 continue
             try:
                 done.append(
-                    segment_video_item(item, out, backbone, cfg, use_first_frame_gt, dataset,
-                                       key=key)
+                    segment_video_item(
+                        item, out, backbone, cfg, use_first_frame_gt, dataset, key=key
+                    )
                 )
             except BaseException as err:
                 error = {"video": item.name, "type": type(err).__name__, "message": str(err)}

@@ -14,16 +14,28 @@ exactly zero (the modulation and the blending mask are both zero there, so I+ eq
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_map_only
 
 from .backbone import Backbone
 from .config import SegmentConfig, UpsampleConfig
 from .errors import ConfigError
-from .features import FeatureResult, block_stride, cfg_embeddings, unet_eps
+from .features import (
+    FeatureResult,
+    block_stride,
+    cfg_embeddings,
+    prefix_modules,
+    prefix_plan,
+    unet_eps,
+)
 
 
 @dataclass
@@ -51,16 +63,25 @@ def gaussian_kernel1d(size: int, sigma: float, device=None) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
+def _reflect101_index(n: int, r: int, device=None) -> torch.Tensor:
+    """Source index of positions -r .. n-1+r with cv2's BORDER_REFLECT_101, folded repeatedly."""
+    j = torch.arange(-r, n + r, device=device)
+    if n == 1:
+        return torch.zeros_like(j)
+    period = 2 * (n - 1)
+    j = j.remainder(period)
+    return torch.where(j >= n, period - j, j)
+
+
 def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of [N, H, W] with reflect-101 borders (cv2.GaussianBlur's)."""
     k = gaussian_kernel1d(size, sigma, x.device).to(x.dtype)
     r = size // 2
-    y = x.unsqueeze(1)
-    pad_h, pad_w = min(r, y.shape[-2] - 1), min(r, y.shape[-1] - 1)
-    y = F.pad(y, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
-    y = F.conv2d(y, k[r - pad_w : r + pad_w + 1].view(1, 1, 1, -1))
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
-    y = F.conv2d(y, k[r - pad_h : r + pad_h + 1].view(1, 1, -1, 1))
+    rows = _reflect101_index(x.shape[-2], r, x.device)
+    cols = _reflect101_index(x.shape[-1], r, x.device)
+    y = x.index_select(-2, rows).index_select(-1, cols).unsqueeze(1)
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
     return y.squeeze(1)
 
 
@@ -150,20 +171,25 @@ def joint_bilateral_scores(
     uy = (torch.arange(H, device=guide.device) + 0.5) * h / H - 0.5
     ux = (torch.arange(W, device=guide.device) + 0.5) * w / W - 0.5
     cy, cx = uy.round().long(), ux.round().long()
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+
+    def log_weight(dy: int, dx: int):
+        qy, qx = (cy + dy).clamp(0, h - 1), (cx + dx).clamp(0, w - 1)
+        space = ((uy - qy) ** 2)[:, None] + ((ux - qx) ** 2)[None, :]
+        rgb = cell_rgb[:, qy][:, :, qx]
+        colour = ((guide - rgb) ** 2).sum(0)
+        return -space / (2 * sigma_space**2) - colour / (2 * sigma_color**2), qy, qx
+
+    # weights in log space, shifted by their per-pixel max: far-off colours cannot underflow
+    peak = torch.stack([log_weight(dy, dx)[0] for dy, dx in offsets]).amax(0)
     num = torch.zeros(K, H, W, device=guide.device)
     den = torch.zeros(1, H, W, device=guide.device)
-    for dy in range(-radius, radius + 1):
-        qy = (cy + dy).clamp(0, h - 1)
-        wy = torch.exp(-((uy - qy) ** 2) / (2 * sigma_space**2))
-        for dx in range(-radius, radius + 1):
-            qx = (cx + dx).clamp(0, w - 1)
-            wx = torch.exp(-((ux - qx) ** 2) / (2 * sigma_space**2))
-            rgb = cell_rgb[:, qy][:, :, qx]
-            wc = torch.exp(-((guide - rgb) ** 2).sum(0) / (2 * sigma_color**2))
-            weight = (wy[:, None] * wx[None, :] * wc)[None]
-            num += weight * scores[:, qy][:, :, qx]
-            den += weight
-    return num / den.clamp_min(1e-12)
+    for dy, dx in offsets:
+        logw, qy, qx = log_weight(dy, dx)
+        weight = torch.exp(logw - peak)[None]
+        num += weight * scores[:, qy][:, :, qx]
+        den += weight
+    return num / den
 
 
 def bilateral_labels(
@@ -200,6 +226,8 @@ def plan_triples(masks: torch.Tensor, skip_empty: bool) -> torch.Tensor:
 
 def _chunks(triples: torch.Tensor, batch: int, num_frames: int) -> list[torch.Tensor]:
     """Index sets of ``triples`` per UNet call; batch 1 = one pass per class and sign (reference)."""
+    if not len(triples):
+        return []
     if batch == 1:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (k, s, _f) in enumerate(triples.tolist()):
@@ -220,6 +248,78 @@ def _check_steps(cfg: SegmentConfig) -> None:
         missing = [b for b in (*ucfg.modulated_blocks,) if not 3 <= b <= 11]
         if missing:
             raise ConfigError(f"modulated_blocks {missing} have no attention")
+
+
+class _ReplayState:
+    """Which rows of the cached prefix outputs the current UNet call replays (None: compute)."""
+
+    rows: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def _replay_prefix(unet: torch.nn.Module, feats: FeatureResult) -> Iterator[_ReplayState]:
+    """While ``state.rows`` is set, the prefix modules return their cached outputs' rows.
+
+    The modules' ``forward`` is shadowed by an instance attribute for the duration of the
+    block; inner hooks (capture, injection) do not run for a replayed module, which is what
+    we want: its output is already the injected pass's output.
+    """
+    state = _ReplayState()
+    step, block, layer = feats.prefix_key
+    modules = prefix_modules(unet, block, layer)
+    saved: dict[str, Any] = {}
+
+    def make(name: str, original):
+        cached = feats.prefix[name]
+
+        def forward(*args, **kwargs):
+            if state.rows is None:
+                return original(*args, **kwargs)
+            return tree_map_only(torch.Tensor, lambda t: t.index_select(0, state.rows), cached)
+
+        return forward
+
+    try:
+        for name, module in modules.items():
+            saved[name] = module.__dict__.get("forward")
+            module.forward = make(name, module.forward)
+        yield state
+    finally:
+        for name, module in modules.items():
+            if name not in saved:
+                continue
+            if saved[name] is None:
+                del module.forward
+            else:
+                module.forward = saved[name]
+
+
+def _compiled_unet(backbone: Backbone) -> torch.nn.Module:
+    """``torch.compile`` of the backbone's UNet, built once per backbone and reused."""
+    compiled = getattr(backbone, "_compiled_unet", None)
+    if compiled is None:
+        compiled = torch.compile(backbone.unet, dynamic=True)
+        backbone._compiled_unet = compiled
+    return compiled
+
+
+def needed_pairs(
+    masks: torch.Tensor, neighbourhood: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which (class, frame) pairs to modulate, as [K, B, h, w] masks, and candidate maps.
+
+    masks: [K, B, h, w] bool. Without ``neighbourhood`` every present pair is modulated and
+    the candidates are None (every class competes everywhere). With it, a class is a
+    candidate at a cell when it occurs in the cell's 3x3 neighbourhood; a pair is modulated
+    only where its class is a candidate at some cell that has at least two candidates.
+    """
+    if not neighbourhood:
+        return masks, None
+    K, B, h, w = masks.shape
+    cand = F.max_pool2d(masks.flatten(0, 1)[:, None].float(), 3, 1, 1)[:, 0] > 0
+    cand = cand.view(K, B, h, w)
+    contested = cand.sum(0) >= 2
+    return cand & contested, cand
 
 
 def difference_maps(plus: torch.Tensor, minus: torch.Tensor, cfg: UpsampleConfig) -> torch.Tensor:
@@ -255,6 +355,10 @@ def modulate(
     """
     from .attention import AttentionController
 
+    if backbone.kind == "svd":  # Stable Video Diffusion: one modulated video per class and sign
+        from . import svd
+
+        return svd.modulate(backbone, feats, coarse, cfg, classes)
     cfg = cfg or SegmentConfig.paper_sd()
     ucfg = cfg.upsample
     if backbone.kind != "sd":
@@ -270,11 +374,37 @@ def modulate(
     H, W = feats.images.shape[-2:]
     reference = ucfg.execution == "reference"
     batch = 1 if reference else ucfg.modulation_batch
-    triples = plan_triples(masks > 0, ucfg.skip_empty and batch != 1)
-    emb = cfg_embeddings(backbone, cfg.features.prompt, cfg.features.guidance_scale)
+    needed, candidates = needed_pairs(masks > 0, ucfg.neighbourhood_classes and not reference)
+    triples = plan_triples(needed, (ucfg.skip_empty or candidates is not None) and batch != 1)
+    cond_only = not ucfg.modulation_cfg and not reference
+    if cond_only:
+        emb = backbone.prompt_embedding(cfg.features.prompt)
+    else:
+        emb = cfg_embeddings(backbone, cfg.features.prompt, cfg.features.guidance_scale)
     halves = emb.shape[0]
+    feat_halves = feats.halves
+    # replay the feature pass's UNet prefix at the first modulation step (identical inputs)
+    replay = (
+        not reference
+        and bool(feats.prefix)
+        and feats.prefix_key == prefix_plan(cfg)
+        and (halves == feat_halves or halves == 1)
+    )
     sched = feats.schedule
     start, end = cfg.features.start_step, cfg.features.num_inference_steps
+    first_mod = min(ucfg.modulation_steps) if ucfg.modulation_steps else end
+    inject = feats.cache if ucfg.inject else {}
+    if inject and halves != feat_halves:  # cond-only passes replay the cond half
+        inject = {key: value[-1:] for key, value in inject.items()}
+    runner = backbone
+    if ucfg.torch_compile and not reference:
+        runner = dataclasses.replace(backbone, unet=_compiled_unet(backbone))
+    autocast = (
+        torch.autocast(backbone.device.type, dtype=getattr(torch, ucfg.unet_autocast))
+        if ucfg.unet_autocast != "none" and not reference
+        else contextlib.nullcontext()
+    )
+    half_rows = torch.arange(feat_halves - halves, feat_halves, device=backbone.device)
 
     def mask_at(stride: int, k: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         m = masks[k, f][:, None]
@@ -283,12 +413,15 @@ def modulate(
     finals = torch.empty(triples.shape[0], *feats.z_start.shape[1:], device=backbone.device)
     unet_evals = 0
     tic = time.perf_counter()
-    with AttentionController(backbone.unet) as ctl:
-        ctl.plan.inject = feats.cache if ucfg.inject else {}
+    with contextlib.ExitStack() as stack:
+        ctl = stack.enter_context(AttentionController(backbone.unet))
+        state = stack.enter_context(_replay_prefix(backbone.unet, feats)) if replay else None
+        stack.enter_context(autocast)
+        ctl.plan.inject = inject
         ctl.plan.halves = halves
         ctl.plan.modulation_layer = "attn2" if ucfg.tensor == "attn2_out" else "attn1"
         ctl.plan.modulation_steps = frozenset(ucfg.modulation_steps)
-        for idx in _chunks(triples, batch, B):
+        for idx in _chunks(triples, batch, B) if triples.shape[0] else []:
             k, s, f = triples[idx].unbind(1)
             k, f = k.to(coarse.device), f.to(coarse.device)
             sign = s.to(backbone.device, torch.float32)[:, None]
@@ -300,8 +433,17 @@ def modulate(
             blend = mask_at(8, k, f)[:, None]
             z = feats.z_start[f]
             for i in range(start, end):
+                if replay and i < first_mod:  # nothing modulated yet: the stored pass itself
+                    z = feats.latents[i][f]
+                    continue
                 ctl.plan.step = i
-                eps = unet_eps(backbone, z, float(sched.sigmas[i]), float(sched.timesteps[i]),
+                if state is not None:
+                    state.rows = (
+                        (half_rows[:, None] * B + f.to(half_rows.device)[None]).flatten()
+                        if i == feats.prefix_key[0]
+                        else None
+                    )
+                eps = unet_eps(runner, z, float(sched.sigmas[i]), float(sched.timesteps[i]),
                                emb, cfg.features.guidance_scale)
                 z = z + (sched.sigmas[i + 1] - sched.sigmas[i]).item() * eps
                 if i in ucfg.blend_steps:
@@ -313,14 +455,16 @@ def modulate(
     # decode + and - of each (class, frame) pair together and keep only D
     diff = torch.zeros(K, B, H, W, device=backbone.device)
     dtype = torch.float32 if reference else getattr(torch, ucfg.decode_dtype)
-    pair_batch = B if reference else max(1, (batch or 2 * triples.shape[0]) // 2)
+    per_call = B if reference else (ucfg.decode_batch or triples.shape[0])
+    pair_batch = max(1, per_call // 2)  # the reference decodes a pass's B frames per call
     vae_decodes = 0
     if reference:  # the reference decodes the unmodulated pass too, though nothing uses it
         tic = time.perf_counter()
         backbone.decode(feats.latents[end - 1], dtype=dtype)
         vae_decodes += B
         seconds["decode"] += time.perf_counter() - tic
-    for pairs in torch.arange(triples.shape[0] // 2).split(pair_batch):
+    pair_ids = torch.arange(triples.shape[0] // 2)
+    for pairs in pair_ids.split(pair_batch) if pair_ids.numel() else []:
         tic = time.perf_counter()
         plus_minus = backbone.decode(
             finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()], dtype=dtype
@@ -336,9 +480,15 @@ def modulate(
     diff = diff / (diff.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # METHOD 1.7.4
     up = lanczos_upsample(masks, (H, W)).clamp(0, 1)
     filtered = diff * (up + ucfg.outside_weight * (1 - up))  # METHOD 1.7.5
+    raw_scores = diff
+    if candidates is not None:  # only neighbourhood classes compete at a pixel
+        cand_px = F.interpolate(candidates.flatten(0, 1)[:, None].float(), size=(H, W),
+                                mode="nearest")[:, 0].view(K, B, H, W) > 0.5
+        raw_scores = torch.where(cand_px, diff, -1.0)
+        filtered = torch.where(cand_px, filtered, -1.0)
     fallback = None if ucfg.paper_compat else F.interpolate(
         coarse[:, None].float(), size=(H, W), mode="nearest")[:, 0].long()
-    raw_labels = _restore_argmax(diff, classes, feats.geometry, fallback)
+    raw_labels = _restore_argmax(raw_scores, classes, feats.geometry, fallback)
     filt_labels = _restore_argmax(filtered, classes, feats.geometry, fallback)
     seconds["difference"] += time.perf_counter() - tic
     labels = filt_labels if ucfg.output == "filtered" else raw_labels
@@ -359,6 +509,10 @@ def upsample(
 ) -> UpsampleResult:
     """Stage 3 by ``cfg.upsample.method``: modulation, bilinear, nearest or bilateral."""
     method = cfg.upsample.method
+    if method == "modulation" and backbone.kind == "svd":
+        from . import svd
+
+        return svd.modulate(backbone, feats, coarse, cfg, classes)
     if method == "modulation" and backbone.kind == "sd":
         return modulate(backbone, feats, coarse, cfg, classes)
     tic = time.perf_counter()

@@ -907,3 +907,50 @@ def show_zoom(
         a.set_title(name)
         _clean(a)
     return fig
+
+
+def show_label_rows(
+    frames: ArrayLike | Sequence[ArrayLike] | None,
+    rows: Mapping[str, ArrayLike | Sequence[ArrayLike]],
+    alpha: float = 0.5,
+    class_names: Mapping[int, str] | None = None,
+) -> Figure:
+    """One row of label maps per entry of ``rows`` (name -> ``[B, h, w]``), all over the same B
+    frames (time runs left to right), named on the left, one legend for all ids."""
+    if not rows:
+        raise InputError("rows holds no label maps")
+    counts = {name: len(maps) for name, maps in rows.items()}
+    b = next(iter(counts.values()))
+    if any(c != b for c in counts.values()):
+        raise InputError(f"rows must hold the same number of maps, got {counts}")
+    first = next(iter(rows.values()))[0]
+    h, w = (_labels_np(first) if frames is None else _single_or_batch(frames, b)[0]).shape[:2]
+    fig = Figure(figsize=(2.4 * b + 1.5, (2.4 * h / w + 0.4) * len(rows)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(rows), b, squeeze=False))
+    ids: set[int] = set()
+    for r, (name, maps) in enumerate(rows.items()):
+        titles = [f"frame {i}" if r == 0 else "" for i in range(b)]
+        show_label_maps(frames, maps, titles, alpha, ncols=b, legend=False, ax=axes[r])
+        axes[r, 0].set_ylabel(name)
+        ids |= {int(v) for m in maps for v in np.unique(_labels_np(m))}
+    _class_legend(axes[0, -1], sorted(ids), class_names)
+    return fig
+
+
+def show_images(
+    images: ArrayLike | Sequence[ArrayLike],
+    titles: Sequence[str] | None = None,
+    ncols: int = 1,
+    width: float = 10.0,
+) -> Figure:
+    """Large images (e.g. overlay-video panels) in a figure ``width`` inches wide, each panel's
+    height following the first image's aspect ratio, ``ncols`` per row."""
+    imgs = _frames_list(images, "images")
+    if not imgs:
+        raise InputError("images holds no image")
+    ncols = max(1, min(ncols, len(imgs)))
+    nrows = -(-len(imgs) // ncols)
+    h, w = imgs[0].shape[:2]
+    cell = (width / ncols, width / ncols * h / w + 0.3)
+    fig, axes = _grid_axes(None, nrows, ncols, cell=cell)
+    return show_frames(imgs, titles=titles, ncols=ncols, ax=axes)

@@ -1,0 +1,210 @@
+"""The benchmark (zsvss bench) and the stage-3 speed options it measures, on the tiny model.
+
+The smoke test runs both modes end to end through the CLI functions; no timing is asserted.
+The option tests compare each fast path against the plain path it replaces on a shared
+feature pass with planted coarse maps.
+"""
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zsvss_nb import bench
+from zsvss_nb.backbone import load_backbone
+from zsvss_nb.config import SegmentConfig
+from zsvss_nb.errors import ConfigError
+from zsvss_nb.features import extract, prefix_modules
+from zsvss_nb.upsample import modulate, needed_pairs
+
+B, S = 3, 128
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_backbone("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def feats(tiny):
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8)
+    return extract(tiny, frames, SegmentConfig.tiny())
+
+
+def _coarse() -> torch.Tensor:
+    c = torch.zeros(B, 8, 8, dtype=torch.long)
+    c[:, 5:, :] = 1  # a band in every frame
+    c[0, 1:4, 1:4] = 2  # a blob in frames 0 and 1 only
+    c[1, 1:4, 3:6] = 2
+    return c
+
+
+def _run(tiny, feats, **changes):
+    cfg = SegmentConfig.tiny()
+    return modulate(tiny, feats, _coarse(), cfg.replace(upsample=cfg.upsample.replace(**changes)))
+
+
+# -- workload ------------------------------------------------------------------------------
+def test_synthetic_workload_plants_classes_that_come_and_go():
+    work = bench.synthetic_video(frames=14, size=256, classes=4, seed=3)
+    assert work.frames.shape == (14, 3, 256, 256) and work.frames.dtype == torch.uint8
+    assert work.labels.shape == (14, 256, 256)
+    assert set(work.labels[0].unique().tolist()) == {0, 1, 2, 3}  # all visible in frame 1
+    for c in (2, 3):  # every blob leaves the frame within the window
+        present = (work.labels == c).flatten(1).any(1)
+        assert bool(present[0]) and not bool(present.all())
+    assert 0.5 < work.pair_occupancy(16) < 1.0
+    # the band is the green striped region at the bottom
+    band = work.labels[0] == 1
+    rgb = work.frames[0].float()
+    assert float(rgb[1][band].mean()) > float(rgb[0][band].mean()) + 40
+    again = bench.synthetic_video(frames=14, size=256, classes=4, seed=3)
+    assert torch.equal(again.frames, work.frames)
+    other = bench.synthetic_video(frames=14, size=256, classes=4, seed=4)
+    assert not torch.equal(other.frames, work.frames)
+    with pytest.raises(ConfigError):
+        bench.synthetic_video(classes=1)
+
+
+# -- smoke test of the whole benchmark -------------------------------------------------------
+def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["--model", "tiny", "--size", "128", "--frames", "5",
+                              "--compare-reference", "--json", str(out)])
+    assert bench.run_from_args(args) == 0
+    table = capsys.readouterr().out
+    assert "| per frame | reference | default |" in table and "speedup vs reference" in table
+    result = json.loads(out.read_text())
+    for key in ("model", "mode", "seconds_per_frame", "stages", "unet_evals_per_frame",
+                "vae_decodes_per_frame", "peak_rss_gb", "disk_bytes_written",
+                "speedup_vs_reference", "label_agreement", "machine", "command", "runs"):
+        assert key in result, key
+    assert result["model"] == "tiny" and result["mode"] == "default"
+    assert set(result["runs"]) == {"reference", "default"}
+    assert {k for k, _ in bench.STAGES} <= set(result["stages"])
+    assert isinstance(result["label_agreement"], float)
+    assert 0.0 <= result["label_agreement"] <= 1.0
+    # the default mode is the reference's computation reorganised: same labels
+    assert result["label_agreement"] >= 0.999
+    ref = result["runs"]["reference"]
+    # reference: 3 + 3 * 2 * K UNet evals (x2 CFG) and 1 + 2K decodes per frame, K = 3
+    assert ref["unet_evals_per_frame"] == pytest.approx(2 * 3 * (1 + 2 * 3))
+    assert ref["vae_decodes_per_frame"] == pytest.approx(1 + 2 * 3)
+    assert result["vae_decodes_per_frame"] < ref["vae_decodes_per_frame"]
+    assert result["unet_evals_per_frame"] <= ref["unet_evals_per_frame"]
+    assert result["output_bytes"] > 0 and result["peak_rss_gb"] > 0
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ConfigError, match="not known"):
+        bench.run_benchmark(model="tiny", modes=("warp-speed",))
+
+
+# -- stage-3 speed options ------------------------------------------------------------------
+def test_prefix_modules_cover_the_unet_before_the_modulated_layer(tiny):
+    names = list(prefix_modules(tiny.unet, 7, "attn2"))
+    assert names == [
+        "down_blocks.0", "down_blocks.1", "down_blocks.2", "down_blocks.3", "mid_block",
+        "up_blocks.0", "up_blocks.1", "up_blocks.2.resnets.0", "up_blocks.2.attentions.0",
+        "up_blocks.2.resnets.1", "up_blocks.2.attentions.1.transformer_blocks.0.attn1",
+    ]
+    assert list(prefix_modules(tiny.unet, 9, "attn1"))[-1] == "up_blocks.3.resnets.0"
+
+
+def test_prefix_replay_matches_recomputation_and_skips_the_prefix(tiny, feats):
+    assert feats.prefix_key == (22, 7, "attn2") and "down_blocks.0" in feats.prefix
+    calls = []
+    handle = tiny.unet.down_blocks[0].resnets[0].register_forward_hook(
+        lambda *_: calls.append(1))
+    try:
+        shared = _run(tiny, feats)
+        n_shared = len(calls)
+        calls.clear()
+        full = _run(tiny, feats, share_prefix=False)
+        n_full = len(calls)
+    finally:
+        handle.remove()
+    assert (n_shared, n_full) == (2, 3)  # one batched call per step; step 22 replayed
+    assert torch.equal(shared.labels, full.labels)
+    assert torch.equal(shared.raw_labels, full.raw_labels)
+    assert torch.allclose(shared.diff, full.diff, atol=1e-5, rtol=0)
+    assert shared.unet_evals == full.unet_evals
+    # the forward shadows are removed afterwards
+    assert "forward" not in tiny.unet.down_blocks[0].__dict__
+
+
+def test_decode_and_modulation_batches_do_not_change_results(tiny, feats):
+    base = _run(tiny, feats)
+    small = _run(tiny, feats, decode_batch=1, modulation_batch=2)
+    whole = _run(tiny, feats, decode_batch=0)
+    for other in (small, whole):
+        assert torch.equal(other.labels, base.labels)
+        assert torch.allclose(other.diff, base.diff, atol=1e-5, rtol=0)
+        assert other.vae_decodes == base.vae_decodes
+
+
+def test_modulation_without_cfg_halves_the_unet_work(tiny, feats):
+    base = _run(tiny, feats)
+    cond = _run(tiny, feats, modulation_cfg=False)
+    assert cond.unet_evals * 2 == base.unet_evals
+    assert cond.labels.shape == base.labels.shape
+    assert set(cond.labels.unique().tolist()) <= {0, 1, 2}
+    assert not torch.allclose(cond.diff, base.diff, atol=1e-3)  # a different computation
+
+
+def test_bf16_options_run_and_stay_close(tiny, feats):
+    base = _run(tiny, feats)
+    for changes in ({"unet_autocast": "bfloat16"}, {"decode_dtype": "bfloat16"}):
+        low = _run(tiny, feats, **changes)
+        assert low.diff.dtype == torch.float32
+        agreement = float((low.labels == base.labels).float().mean())
+        assert agreement > 0.9, changes
+
+
+def _needed_loop(masks: torch.Tensor):
+    K, Bn, h, w = masks.shape
+    cand = torch.zeros_like(masks)
+    for k in range(K):
+        for f in range(Bn):
+            for y in range(h):
+                for x in range(w):
+                    cand[k, f, y, x] = masks[k, f, max(0, y - 1): y + 2, max(0, x - 1): x + 2].any()
+    needed = torch.zeros(K, Bn, dtype=torch.bool)
+    for k in range(K):
+        for f in range(Bn):
+            for y in range(h):
+                for x in range(w):
+                    if cand[k, f, y, x] and int(cand[:, f, y, x].sum()) >= 2:
+                        needed[k, f] = True
+    return needed, cand
+
+
+def test_neighbourhood_pairs_match_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (4, 2, 2), generator=g).repeat_interleave(3, 1)
+    labels = labels.repeat_interleave(3, 2)  # 6x6 maps made of 3x3 patches
+    labels[3] = 1  # a frame with one class only: nothing to modulate
+    masks = labels[None] == torch.arange(3).view(-1, 1, 1, 1)
+    needed, cand = needed_pairs(masks, True)
+    want_needed, want_cand = _needed_loop(masks)
+    assert torch.equal(cand, want_cand)
+    assert torch.equal(needed.flatten(2).any(-1), want_needed)
+    assert not bool(needed[:, 3].any())
+    same, none = needed_pairs(masks, False)
+    assert none is None and torch.equal(same, masks)
+
+
+def test_neighbourhood_classes_restrict_labels_to_neighbours(tiny, feats):
+    res = _run(tiny, feats, neighbourhood_classes=True)
+    base = _run(tiny, feats)
+    # frame 2 has only the background/band boundary: the blob class can never win there
+    assert not bool((res.labels[2] == 2).any())
+    # far from any boundary the label is the coarse one
+    coarse_px = F.interpolate(_coarse()[:, None].float(), size=(S, S), mode="nearest")[:, 0]
+    assert torch.equal(res.labels[:, :32, 112:], coarse_px.long()[:, :32, 112:])
+    assert res.unet_evals <= base.unet_evals
