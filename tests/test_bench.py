@@ -122,10 +122,10 @@ def test_prefix_replay_matches_recomputation_and_skips_the_prefix(tiny, feats):
     handle = tiny.unet.down_blocks[0].resnets[0].register_forward_hook(
         lambda *_: calls.append(1))
     try:
-        shared = _run(tiny, feats)
+        shared = _run(tiny, feats, modulation_batch=0)
         n_shared = len(calls)
         calls.clear()
-        full = _run(tiny, feats, share_prefix=False)
+        full = _run(tiny, feats, share_prefix=False, modulation_batch=0)
         n_full = len(calls)
     finally:
         handle.remove()

@@ -162,8 +162,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(result.to_json())
-        tmp.replace(out)
+        try:
+            tmp.write_text(result.to_json())
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return 0
 
 

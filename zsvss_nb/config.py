@@ -154,7 +154,8 @@ class UpsampleConfig(_Replaceable):
     blur_sigma: float = 3.0  # METHOD 1.7: sigma 3
     outside_weight: float = 0.7  # METHOD 1.7 step 5: filtered output weight outside the mask
     output: Literal["filtered", "raw"] = "filtered"  # METHOD 1.7: the more plausible one
-    modulation_batch: int = 0  # (class, sign, frame) triples per UNet call; 0 = all at once
+    modulation_batch: int = 8  # (class, sign, frame) triples per UNet call (16 samples with
+    # CFG); bounds memory, not results; 0 = all at once
     execution: Literal["batched", "reference"] = "batched"  # "reference": the reference code's
     # structure (one pass per class and sign over all frames, every frame decoded, the
     # unmodulated pass decoded too, fp32 VAE) without its disk traffic, for benchmarks

@@ -118,8 +118,10 @@ def prefix_modules(unet: nn.Module, block: int, layer: str) -> dict[str, nn.Modu
     if getattr(unet, "mid_block", None) is not None:
         names.append("mid_block")
     names += [f"up_blocks.{j}" for j in range(up)]
-    names += [f"up_blocks.{up}.resnets.{i}" for i in range(idx + 1)]
-    names += [f"up_blocks.{up}.attentions.{i}" for i in range(idx)]
+    for i in range(idx + 1):  # resnet i runs before transformer i in a cross-attn up block
+        names.append(f"up_blocks.{up}.resnets.{i}")
+        if i < idx:
+            names.append(f"up_blocks.{up}.attentions.{i}")
     if layer == "attn2":
         names.append(f"up_blocks.{up}.attentions.{idx}.transformer_blocks.0.attn1")
     return {name: unet.get_submodule(name) for name in names}

@@ -490,13 +490,17 @@ def evaluate_folders(
     ignore_index: int | None = None,
     split: str | None = None,
     vc_ns: Sequence[int] = (8, 16),
+    strict_ids: bool = True,
 ) -> EvalResult:
     """Score predictions ``pred_root/<video>/<frame stem>.png`` against a dataset's GT.
 
     ``dataset_or_gt_root`` is an opened :class:`Dataset` or a root opened with ``fmt``/``split``.
     ``num_classes``/``ignore_index`` override the dataset's. Every labelled frame needs a
     prediction: all are checked before any is read (PredictionMissingError names the video and its
-    first missing frame). Videos without GT are skipped.
+    first missing frame). Videos without GT are skipped. With ``strict_ids`` a GT id outside
+    [0, num_classes) that is not the ignore id is a LabelError naming the file and the id (a
+    wrong ``num_classes`` or ignore id would otherwise drop those pixels silently); False keeps
+    the official evaluator's behaviour of not counting them.
     """
     root = Path(pred_root)
     if isinstance(dataset_or_gt_root, Dataset):
@@ -538,6 +542,15 @@ def evaluate_folders(
                     continue
                 pred = load_prediction(folder / f"{s}.png")
                 gt = ds.read_label(v.labels[s])
+                if strict_ids:
+                    unknown = gt[(gt < 0) | (gt >= c)]
+                    unknown = unknown[unknown != ign] if ign is not None else unknown
+                    if unknown.size:
+                        raise LabelError(
+                            f"{v.labels[s]}: GT id {int(unknown[0])} is outside the class range "
+                            f"0..{c - 1} and is not the ignore id {ign} (set num_classes or "
+                            "ignore_index)"
+                        )
                 if pred.shape != gt.shape:
                     raise LabelError(
                         f"{v.labels[s]}: GT size {gt.shape} differs from prediction "

@@ -25,11 +25,19 @@ from tqdm.auto import tqdm
 from .backbone import Backbone
 from .config import SegmentConfig
 from .context import SceneContext
-from .errors import DeviceOutOfMemoryError, LabelError
+from .errors import DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
 from .refine import refine
 from .upsample import upsample
-from .video import Video, atomic_write_png, open_video, to_grid, window_spans, write_video
+from .video import (
+    Video,
+    atomic_write_png,
+    geometry_for,
+    open_video,
+    to_grid,
+    window_spans,
+    write_video,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +155,12 @@ class Segmenter:
         """
         video = video if isinstance(video, Video) else open_video(video)
         cfg = self.cfg
+        w, h = video.size
+        try:  # a frame too small for the feature grid fails here, naming the video
+            geometry_for(h, w, cfg.features.size_policy, self.backbone.size_multiple,
+                         cfg.features.max_side)
+        except FrameSizeError as err:
+            raise FrameSizeError(f"{video.source}: {err}") from None
         stats = self.stats = RunStats(frames=len(video))
         gt = None
         if first_frame_gt is not None:
@@ -234,6 +248,15 @@ class Segmenter:
         if first_frame_gt is not None:  # fail on a bad mask before anything is written
             w, h = video.size
             first_frame_gt_ids = load_label_mask(first_frame_gt, (h, w))
+            classes = first_frame_gt_ids[
+                (first_frame_gt_ids >= 0) & (first_frame_gt_ids != self.cfg.context.ignore_index)
+            ]
+            if classes.numel() and int(classes.max()) > 255:
+                where = first_frame_gt if isinstance(first_frame_gt, (str, Path)) else "array"
+                raise LabelError(
+                    f"first-frame GT {where}: class id {int(classes.max())} does not fit the "
+                    "uint8 label PNGs (ids 0..255, or the ignore id)"
+                )
         created = [d for d in (out, out / "labels", out / "color") if not d.exists()]
         written: list[Path] = []
         started = time.time()
@@ -266,6 +289,7 @@ class Segmenter:
                     pass
             manifest = self.manifest(video, first_frame_gt, started)
             tmp = out / "manifest.json.tmp"
+            written.append(tmp)  # removed too should the run stop while writing it
             tmp.write_text(json.dumps(manifest, indent=2, default=str))
             tmp.replace(out / "manifest.json")
         except BaseException:

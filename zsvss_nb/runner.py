@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import platform
-import tempfile
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,13 +61,13 @@ def config_hash(cfg: SegmentConfig, backbone: Backbone, use_first_frame_gt: bool
 def atomic_write_json(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON through a temp file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the name is chosen before the file exists, so an interrupt cannot orphan the temp file
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(name, path)
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -268,6 +268,7 @@ def run_dataset(
             "resume": resume,
             "first_frame_gt": use_first_frame_gt,
             "config": cfg.to_dict(),
+            "seed": cfg.features.seed,
             "config_hash": key,
             "model": model_identity(backbone),
             "versions": versions(),
@@ -294,7 +295,8 @@ def run_dataset(
                 )
             except BaseException as err:
                 error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
-                log.error("video %s failed: %s", item.name, err)
+                # INFO, not ERROR: the caller reports the re-raised error (the CLI in one line)
+                log.info("video %s failed: %s", item.name, err)
                 raise
     finally:
         bar.close()

@@ -12,9 +12,11 @@ never leaves a half-written file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import re
-import tempfile
+import secrets
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -101,10 +103,41 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
-    """First non-empty line of an exception message, shortened (decord's span several lines)."""
+    """First non-empty line of an exception message, shortened (decord's span several lines).
+
+    decord's C++ log prefix ("[10:20:09] /src/video/video_reader.cc:486: ") is dropped.
+    """
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     text = lines[0] if lines else type(err).__name__
+    text = re.sub(r"^\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ", "", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while native decoders run.
+
+    decord's C++ logger and FFmpeg print their failures straight to fd 2, bypassing Python;
+    the VideoDecodeError raised afterwards already carries the reason, so the CLI keeps its
+    one-line error. Python-level writes in between are flushed first and restored after.
+    """
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _natural_key(name: str) -> tuple[Any, ...]:
@@ -196,7 +229,8 @@ class _DecordReader:
 
     def read(self, indices: list[int]) -> torch.Tensor:
         try:
-            frames = self._vr.get_batch(indices).asnumpy()
+            with _quiet_native_stderr():
+                frames = self._vr.get_batch(indices).asnumpy()
         except Exception as err:  # decord raises its own DECORDError and RuntimeErrors
             raise VideoDecodeError(
                 f"{self._path}: decord failed on frames {indices[0]}..{indices[-1]} "
@@ -498,14 +532,16 @@ def _open_video_file(path: Path, fps: float | None, backend: str) -> Video:
     reader: _DecordReader | _PyAVReader | None = None
     if backend in ("auto", "decord"):
         try:
-            reader = _DecordReader(path)
+            with _quiet_native_stderr():
+                reader = _DecordReader(path)
         except ImportError:
             failures.append("decord is not installed")
         except Exception as err:  # any decord failure means: try the next decoder
             failures.append(f"decord: {_one_line(err)}")
     if reader is None and backend in ("auto", "pyav"):
         try:
-            reader = _PyAVReader(path)
+            with _quiet_native_stderr():
+                reader = _PyAVReader(path)
         except ImportError:
             failures.append("PyAV is not installed")
         except Exception as err:
@@ -768,11 +804,13 @@ def to_grid(mask: torch.Tensor, geometry: Geometry, grid_hw: tuple[int, int]) ->
 
 
 def _temp_path(path: Path) -> Path:
-    """A fresh temporary file next to ``path`` (same filesystem, so os.replace is atomic)."""
+    """A fresh temporary name next to ``path`` (same filesystem, so os.replace is atomic).
+
+    Only the name: the caller creates the file inside its try block, so an interrupt (SIGTERM,
+    Ctrl-C) can never land between creating a temp file and knowing what to remove.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
 def _as_numpy(array: Any) -> np.ndarray:

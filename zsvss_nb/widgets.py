@@ -58,7 +58,8 @@ class Explorer(widgets.VBox):
         self, controls: Mapping[str, widgets.ValueWidget], draw: Callable[..., Figure]
     ) -> None:
         output = widgets.Output()
-        super().__init__([widgets.HBox(list(controls.values())), output])
+        row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([row, output])
         self.controls = dict(controls)
         self.output = output
         self.figure: Figure | None = None

@@ -1,0 +1,206 @@
+"""Atomic outputs, resume after a kill, determinism and out-of-memory advice (issue #8, 2/4/5).
+
+``zsvss dataset`` runs as a real subprocess and is stopped with SIGTERM or SIGINT once the
+second video has its first PNG; every PNG left behind must be whole (and equal to the one an
+uninterrupted run writes), no temp file may remain, and ``--resume`` must finish the job with
+files byte-identical to an uninterrupted run. The other runs call ``zsvss_nb.cli.main``
+in-process (same code path, no model load per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zsvss_nb.backbone import load_backbone
+from zsvss_nb.cli import main
+from zsvss_nb.config import SegmentConfig
+from zsvss_nb.errors import DeviceOutOfMemoryError
+from zsvss_nb.pipeline import Segmenter
+from zsvss_nb.runner import DONE_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+H, W = 96, 128
+VIDEOS = ("v0", "v1", "v2")  # natural order: the order the runner segments them in
+FRAMES = 6
+MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm_handler():
+    """cli.main turns SIGTERM into KeyboardInterrupt; keep that out of the test process."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def write_dataset(root: Path) -> Path:
+    """A ``folder`` dataset: root/<video>/<t>.png, a box moving over a per-video gradient."""
+    rng = np.random.default_rng(3)
+    for v, name in enumerate(VIDEOS):
+        (root / name).mkdir(parents=True)
+        for t in range(FRAMES):
+            img = np.empty((H, W, 3), np.uint8)
+            img[:] = np.linspace(20 + 30 * v, 220, W, dtype=np.uint8)[None, :, None]
+            img[20:60, 10 + 7 * t : 50 + 7 * t] = (230, 40 + 60 * v, 30)
+            noisy = img.astype(np.int16) + rng.integers(-8, 9, img.shape)
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / name / f"{t}.png")
+    return root
+
+
+def pngs(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*.png"))}
+
+
+def temp_files(out: Path) -> list[str]:
+    return [name for _, _, files in os.walk(out) for name in files if name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("videos"))
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> Path:
+    """One uninterrupted, unsharded run: what every other run must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("reference")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["-q", "dataset", "folder", str(dataset), "--out", str(out), *MODEL]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    files = pngs(out)
+    assert set(files) == {f"{v}/{t}.png" for v in VIDEOS for t in range(FRAMES)}
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_killed_run_leaves_whole_files_and_resume_matches(sig, dataset, reference, tmp_path):
+    pred = tmp_path / "pred"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "zsvss_nb.cli", "-q", "dataset", "folder", str(dataset)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(pred), *MODEL],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and not list((pred / "v1").glob("*.png")):
+            assert time.monotonic() < deadline, "no PNG of the second video within 300 s"
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()}"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "zsvss: interrupted" and "Traceback" not in stderr
+
+    # every PNG on disk is whole, and is the file the uninterrupted run wrote
+    left = pngs(pred)
+    assert "v0/0.png" in left and "v1/0.png" in left
+    for name, data in left.items():
+        with Image.open(pred / name) as im:
+            im.verify()
+        with Image.open(pred / name) as im:
+            assert im.size == (W, H) and np.asarray(im).shape == (H, W)
+        assert data == reference.joinpath(name).read_bytes(), name
+    assert temp_files(pred) == []
+    assert (pred / "v0" / DONE_FILE).is_file()  # finished before the signal
+    assert not (pred / "v2" / DONE_FILE).exists()
+    manifest = json.loads((pred / "run_manifest_0.json").read_text())
+    assert manifest["error"]["type"] == "KeyboardInterrupt"
+    assert manifest["error"]["video"] in ("v1", "v2")
+
+    # --resume skips the finished video and completes the rest, byte-identical
+    args = ["-q", "dataset", "folder", str(dataset), "--out", str(pred), *MODEL, "--resume"]
+    assert main(args) == 0
+    manifest = json.loads((pred / "run_manifest_0.json").read_text())
+    assert "v0" in manifest["videos_skipped"] and manifest["error"] is None
+    assert pngs(pred) == pngs(reference)
+    assert all((pred / v / DONE_FILE).is_file() for v in VIDEOS)
+    assert temp_files(pred) == []
+
+
+def test_shard_splits_and_runs_are_byte_identical_and_seed_is_recorded(
+    dataset, reference, tmp_path
+):
+    split = tmp_path / "split"
+    for shard in ("1/2", "0/2"):
+        args = ["-q", "dataset", "folder", str(dataset), "--out", str(split), *MODEL]
+        assert main([*args, "--shard", shard]) == 0
+    assert pngs(split) == pngs(reference)
+    for rank in (0, 1):
+        manifest = json.loads((split / f"run_manifest_{rank}.json").read_text())
+        assert manifest["shard"] == [rank, 2]
+        assert manifest["seed"] == 1 == manifest["config"]["features"]["seed"]
+    assert json.loads((reference / "run_manifest_0.json").read_text())["seed"] == 1
+
+    seeded = tmp_path / "seeded"
+    args = ["-q", "dataset", "folder", str(dataset), "--out", str(seeded), *MODEL, "--seed", "7"]
+    assert main(args) == 0
+    manifest = json.loads((seeded / "run_manifest_0.json").read_text())
+    assert manifest["seed"] == 7 == manifest["config"]["features"]["seed"]
+    assert set(pngs(seeded)) == set(pngs(reference))
+
+
+# ------------------------------------------------------------------------------ out of memory
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_backbone("tiny", device="cpu")
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@pytest.mark.parametrize("stage", ["extract", "upsample"])
+def test_out_of_memory_is_reraised_with_advice(stage, tiny, dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(f"zsvss_nb.pipeline.{stage}", _oom)
+    out = tmp_path / "out"
+    cfg = SegmentConfig.fast().replace(k=3, window=3)
+    with pytest.raises(DeviceOutOfMemoryError) as info:
+        Segmenter(tiny, cfg).run(dataset / "v0", out, progress=False)
+    message = str(info.value)
+    assert type(info.value) is DeviceOutOfMemoryError
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert "out of memory on cpu" in message and "3-frame window" in message
+    for advice in ("--window", "modulation_batch", "float16"):
+        assert advice in message
+    assert not out.exists()
+
+
+def test_out_of_memory_exits_2_from_the_cli(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("zsvss_nb.pipeline.extract", _oom)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["-q", "segment", str(dataset / "v1"), "--out", str(out), *MODEL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zsvss: error: out of memory on cpu")
+    assert "--window" in err and not out.exists()
+    pred = tmp_path / "pred"
+    assert main(["-q", "dataset", "folder", str(dataset), "--out", str(pred), *MODEL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "modulation_batch" in err
+    assert list(pred.glob("*/*.png")) == [] and temp_files(pred) == []
+    manifest = json.loads((pred / "run_manifest_0.json").read_text())
+    assert manifest["error"]["type"] == "DeviceOutOfMemoryError"
