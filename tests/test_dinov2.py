@@ -30,7 +30,7 @@ from zsvss_nb.errors import (  # noqa: E402
     MissingDependencyError,
 )
 
-REAL_IMAGE = Path("/work/shared/data/davis2016/blackswan/JPEGImages/00000.jpg")
+REAL_IMAGE = Path(__file__).resolve().parents[1] / "data/davis2016/blackswan/JPEGImages/00000.jpg"
 FINAL_LN = "/backbone/layernorm/Add_1_output_0"
 BLOCKS = (0, 5, 11)
 

@@ -173,20 +173,43 @@ def _oom(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
-@pytest.mark.parametrize("stage", ["extract", "upsample"])
-def test_out_of_memory_is_reraised_with_advice(stage, tiny, dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(f"zsvss_nb.pipeline.{stage}", _oom)
+def _cpu_oom(*args, **kwargs):  # what the CPU allocator raises: a plain RuntimeError
+    raise RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 21474836480 bytes. Error code 12"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "raiser"),
+    [("extract", _oom), ("upsample", _oom), ("extract", _cpu_oom)],
+    ids=["extract-cuda", "upsample-cuda", "extract-cpu"],
+)
+def test_out_of_memory_is_reraised_with_advice(stage, raiser, tiny, dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(f"zsvss_nb.pipeline.{stage}", raiser)
     out = tmp_path / "out"
     cfg = SegmentConfig.fast().replace(k=3, window=3)
     with pytest.raises(DeviceOutOfMemoryError) as info:
         Segmenter(tiny, cfg).run(dataset / "v0", out, progress=False)
     message = str(info.value)
     assert type(info.value) is DeviceOutOfMemoryError
-    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert info.value.__cause__ is not None and "memory" in str(info.value.__cause__)
     assert "out of memory on cpu" in message and "3-frame window" in message
     for advice in ("--window", "modulation_batch", "float16"):
         assert advice in message
     assert not out.exists()
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(tiny, dataset, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x4)")
+
+    monkeypatch.setattr("zsvss_nb.pipeline.extract", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as info:
+        Segmenter(tiny, SegmentConfig.fast().replace(k=3, window=3)).run(
+            dataset / "v0", tmp_path / "out", progress=False
+        )
+    assert type(info.value) is RuntimeError and not (tmp_path / "out").exists()
 
 
 def test_out_of_memory_exits_2_from_the_cli(dataset, tmp_path, monkeypatch, capsys):

@@ -157,6 +157,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_folders(
         args.pred, args.gt, fmt=args.format, protocol=args.protocol,
         num_classes=args.num_classes, ignore_index=args.ignore_index, split=args.split,
+        strict_ids=False if args.lenient_ids else None,
     )
     print(result.table())
     if args.json:
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-index", type=int, default=None)
     p.add_argument("--split", default=None)
     p.add_argument("--json", default=None, help="write the metrics as JSON here")
+    p.add_argument("--lenient-ids", action="store_true",
+                   help="do not count GT ids outside the class range instead of failing "
+                        "(VSPW's official behaviour, the default for --format vspw)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("info", help="versions, device, and which model would load")

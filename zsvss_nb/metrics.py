@@ -490,7 +490,7 @@ def evaluate_folders(
     ignore_index: int | None = None,
     split: str | None = None,
     vc_ns: Sequence[int] = (8, 16),
-    strict_ids: bool = True,
+    strict_ids: bool | None = None,
 ) -> EvalResult:
     """Score predictions ``pred_root/<video>/<frame stem>.png`` against a dataset's GT.
 
@@ -500,7 +500,8 @@ def evaluate_folders(
     first missing frame). Videos without GT are skipped. With ``strict_ids`` a GT id outside
     [0, num_classes) that is not the ignore id is a LabelError naming the file and the id (a
     wrong ``num_classes`` or ignore id would otherwise drop those pixels silently); False keeps
-    the official evaluator's behaviour of not counting them.
+    the official evaluator's behaviour of not counting them. The default (None) is strict for
+    every format but VSPW, whose official evaluator counts only GT ids in [0, 124) by design.
     """
     root = Path(pred_root)
     if isinstance(dataset_or_gt_root, Dataset):
@@ -511,6 +512,8 @@ def evaluate_folders(
                 "evaluate_folders needs fmt when given a GT root instead of a Dataset"
             )
         ds = open_dataset(fmt, dataset_or_gt_root, split)
+    if strict_ids is None:
+        strict_ids = ds.name != "vspw"
     c = ds.num_classes if num_classes is None else num_classes
     ign = ds.ignore_index if ignore_index is None else ignore_index
     if c < 1:

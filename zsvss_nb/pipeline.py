@@ -107,6 +107,16 @@ def peak_device_gb() -> float | None:
     return None
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), or the plain RuntimeError of the CPU and MPS allocators."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
 def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
     """A GT mask (PNG path or array [H, W]) as LongTensor, checked against the video's size."""
     from PIL import Image
@@ -157,8 +167,9 @@ class Segmenter:
         cfg = self.cfg
         w, h = video.size
         try:  # a frame too small for the feature grid fails here, naming the video
-            geometry_for(h, w, cfg.features.size_policy, self.backbone.size_multiple,
-                         cfg.features.max_side)
+            geometry_for(
+                h, w, cfg.features.size_policy, self.backbone.size_multiple, cfg.features.max_side
+            )
         except FrameSizeError as err:
             raise FrameSizeError(f"{video.source}: {err}") from None
         stats = self.stats = RunStats(frames=len(video))
@@ -174,11 +185,14 @@ class Segmenter:
             for window in video.windows(cfg.window):
                 try:
                     results = self._window(window, context, gt, return_debug, stats)
-                except torch.OutOfMemoryError as err:
+                except RuntimeError as err:
+                    if isinstance(err, DeviceOutOfMemoryError) or not is_out_of_memory(err):
+                        raise
                     raise DeviceOutOfMemoryError(
                         f"out of memory on {self.backbone.device} for a {len(window.indices)}-"
                         "frame window: lower the window size (--window), "
-                        "upsample.modulation_batch, or use --dtype float16/bfloat16"
+                        "upsample.modulation_batch (--modulation-batch), or use --dtype "
+                        "float16/bfloat16"
                     ) from err
                 bar.update(1)
                 yield from results
