@@ -52,8 +52,12 @@ def test_capture_leaves_output_unchanged_and_matches_plain_hook(tiny, processor)
 def test_injection_replays_stored_projections(tiny):
     x_a, x_b = _inputs(1), _inputs(2)
     blocks = range(3, 12)
-    keys = {(b, layer, kind): frozenset({0}) for b in blocks for layer in ("attn1",)
-            for kind in ("q", "k")}
+    keys = {
+        (b, layer, kind): frozenset({0})
+        for b in blocks
+        for layer in ("attn1",)
+        for kind in ("q", "k")
+    }
     with AttentionController(tiny.unet) as ctl:
         ctl.plan.step = 0
         ctl.plan.capture = keys
@@ -99,8 +103,10 @@ def test_modulation_adds_mask_to_attention_output(tiny):
     delta = torch.zeros(3, n_tokens)
     delta[1, :10] = 50.0
     outs = {}
-    h = decoder_attention(tiny.unet, 7, "attn2").to_out[0].register_forward_hook(
-        lambda m, i, o: outs.setdefault("plain", o.detach().clone())
+    h = (
+        decoder_attention(tiny.unet, 7, "attn2")
+        .to_out[0]
+        .register_forward_hook(lambda m, i, o: outs.setdefault("plain", o.detach().clone()))
     )
     _run(tiny, x)
     h.remove()
@@ -108,8 +114,10 @@ def test_modulation_adds_mask_to_attention_output(tiny):
         ctl.plan.step = 22
         ctl.plan.modulation = {7: delta}
         ctl.plan.modulation_steps = frozenset({22})
-        h = decoder_attention(tiny.unet, 7, "attn2").to_out[1].register_forward_hook(
-            lambda m, i, o: outs.setdefault("mod", o.detach().clone())
+        h = (
+            decoder_attention(tiny.unet, 7, "attn2")
+            .to_out[1]
+            .register_forward_hook(lambda m, i, o: outs.setdefault("mod", o.detach().clone()))
         )
         _run(tiny, x)
         h.remove()

@@ -74,15 +74,38 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["--model", "tiny", "--size", "128", "--frames", "5",
-                              "--compare-reference", "--json", str(out)])
+    args = parser.parse_args(
+        [
+            "--model",
+            "tiny",
+            "--size",
+            "128",
+            "--frames",
+            "5",
+            "--compare-reference",
+            "--json",
+            str(out),
+        ]
+    )
     assert bench.run_from_args(args) == 0
     table = capsys.readouterr().out
     assert "| per frame | reference | default |" in table and "speedup vs reference" in table
     result = json.loads(out.read_text())
-    for key in ("model", "mode", "seconds_per_frame", "stages", "unet_evals_per_frame",
-                "vae_decodes_per_frame", "peak_rss_gb", "disk_bytes_written",
-                "speedup_vs_reference", "label_agreement", "machine", "command", "runs"):
+    for key in (
+        "model",
+        "mode",
+        "seconds_per_frame",
+        "stages",
+        "unet_evals_per_frame",
+        "vae_decodes_per_frame",
+        "peak_rss_gb",
+        "disk_bytes_written",
+        "speedup_vs_reference",
+        "label_agreement",
+        "machine",
+        "command",
+        "runs",
+    ):
         assert key in result, key
     assert result["model"] == "tiny" and result["mode"] == "default"
     assert set(result["runs"]) == {"reference", "default"}
@@ -98,6 +121,9 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
     assert result["vae_decodes_per_frame"] < ref["vae_decodes_per_frame"]
     assert result["unet_evals_per_frame"] <= ref["unet_evals_per_frame"]
     assert result["output_bytes"] > 0 and result["peak_rss_gb"] > 0
+    # nothing but the outputs is written (the mp4 muxer patches its 4-byte mdat size in place)
+    for run in result["runs"].values():
+        assert run["extra_disk_bytes"] is None or run["extra_disk_bytes"] <= 16
 
 
 def test_unknown_mode_is_rejected():
@@ -109,9 +135,17 @@ def test_unknown_mode_is_rejected():
 def test_prefix_modules_cover_the_unet_before_the_modulated_layer(tiny):
     names = list(prefix_modules(tiny.unet, 7, "attn2"))
     assert names == [
-        "down_blocks.0", "down_blocks.1", "down_blocks.2", "down_blocks.3", "mid_block",
-        "up_blocks.0", "up_blocks.1", "up_blocks.2.resnets.0", "up_blocks.2.attentions.0",
-        "up_blocks.2.resnets.1", "up_blocks.2.attentions.1.transformer_blocks.0.attn1",
+        "down_blocks.0",
+        "down_blocks.1",
+        "down_blocks.2",
+        "down_blocks.3",
+        "mid_block",
+        "up_blocks.0",
+        "up_blocks.1",
+        "up_blocks.2.resnets.0",
+        "up_blocks.2.attentions.0",
+        "up_blocks.2.resnets.1",
+        "up_blocks.2.attentions.1.transformer_blocks.0.attn1",
     ]
     assert list(prefix_modules(tiny.unet, 9, "attn1"))[-1] == "up_blocks.3.resnets.0"
 
@@ -119,8 +153,7 @@ def test_prefix_modules_cover_the_unet_before_the_modulated_layer(tiny):
 def test_prefix_replay_matches_recomputation_and_skips_the_prefix(tiny, feats):
     assert feats.prefix_key == (22, 7, "attn2") and "down_blocks.0" in feats.prefix
     calls = []
-    handle = tiny.unet.down_blocks[0].resnets[0].register_forward_hook(
-        lambda *_: calls.append(1))
+    handle = tiny.unet.down_blocks[0].resnets[0].register_forward_hook(lambda *_: calls.append(1))
     try:
         shared = _run(tiny, feats, modulation_batch=0)
         n_shared = len(calls)
@@ -132,7 +165,7 @@ def test_prefix_replay_matches_recomputation_and_skips_the_prefix(tiny, feats):
     assert (n_shared, n_full) == (2, 3)  # one batched call per step; step 22 replayed
     assert torch.equal(shared.labels, full.labels)
     assert torch.equal(shared.raw_labels, full.raw_labels)
-    assert torch.allclose(shared.diff, full.diff, atol=1e-5, rtol=0)
+    assert torch.allclose(shared.diff, full.diff, atol=1e-4, rtol=0)
     assert shared.unet_evals == full.unet_evals
     # the forward shadows are removed afterwards
     assert "forward" not in tiny.unet.down_blocks[0].__dict__
@@ -144,7 +177,7 @@ def test_decode_and_modulation_batches_do_not_change_results(tiny, feats):
     whole = _run(tiny, feats, decode_batch=0)
     for other in (small, whole):
         assert torch.equal(other.labels, base.labels)
-        assert torch.allclose(other.diff, base.diff, atol=1e-5, rtol=0)
+        assert torch.allclose(other.diff, base.diff, atol=1e-4, rtol=0)
         assert other.vae_decodes == base.vae_decodes
 
 
@@ -173,7 +206,9 @@ def _needed_loop(masks: torch.Tensor):
         for f in range(Bn):
             for y in range(h):
                 for x in range(w):
-                    cand[k, f, y, x] = masks[k, f, max(0, y - 1): y + 2, max(0, x - 1): x + 2].any()
+                    cand[k, f, y, x] = masks[
+                        k, f, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2
+                    ].any()
     needed = torch.zeros(K, Bn, dtype=torch.bool)
     for k in range(K):
         for f in range(Bn):
@@ -208,3 +243,27 @@ def test_neighbourhood_classes_restrict_labels_to_neighbours(tiny, feats):
     coarse_px = F.interpolate(_coarse()[:, None].float(), size=(S, S), mode="nearest")[:, 0]
     assert torch.equal(res.labels[:, :32, 112:], coarse_px.long()[:, :32, 112:])
     assert res.unet_evals <= base.unet_evals
+
+
+def test_cache_omits_what_precedes_the_modulated_layer_at_t_star(tiny, feats):
+    step = 22
+    for block in (3, 4, 5, 6):
+        for layer, kind in (("attn1", "q"), ("attn1", "k"), ("attn2", "q")):
+            assert (step, block, layer, kind) not in feats.cache
+            assert (step + 1, block, layer, kind) in feats.cache
+    # block 7's projections precede its modulated cross-attention output too
+    assert (step, 7, "attn1", "q") not in feats.cache
+    assert (step, 7, "attn2", "q") not in feats.cache
+    assert (step, 8, "attn1", "q") in feats.cache and (step + 1, 7, "attn2", "q") in feats.cache
+    full = extract(tiny, feats.images, SegmentConfig.tiny().replace(share_prefix=False))
+    assert full.prefix_key is None and not full.prefix
+    assert set(full.cache) > set(feats.cache)
+    # the reference execution on the pruned cache equals it on the full cache
+    cfg = SegmentConfig.tiny().replace(execution="reference")
+    a = modulate(tiny, feats, _coarse(), cfg)
+    b = modulate(tiny, full, _coarse(), cfg)
+    assert torch.equal(a.labels, b.labels)
+    assert torch.allclose(a.diff, b.diff, atol=1e-4, rtol=0)
+    # modulating earlier than the features were prepared for needs the pruned entries
+    with pytest.raises(ConfigError, match="extract again"):
+        modulate(tiny, feats, _coarse(), SegmentConfig.tiny().replace(modulated_blocks=(5,)))

@@ -280,7 +280,7 @@ def test_per_frame_kmeans_baseline_clusters_each_frame_alone():
     layout = torch.zeros(h, w, dtype=torch.long)
     layout[:, 3:] = 1
     frames = []
-    for f in range(3):
+    for _ in range(3):
         centres = torch.randn(2, c, generator=g) * 10
         frames.append(centres[layout] + 0.01 * torch.randn(h, w, c, generator=g))
     feats = torch.stack(frames)

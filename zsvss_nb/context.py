@@ -345,8 +345,14 @@ class SceneContext:
         out = []
         for frame in feats.detach():
             tokens = frame.reshape(-1, frame.shape[-1])
-            _, assign = kmeans(tokens, min(cfg.k, tokens.shape[0]), cfg.n_init,
-                               cfg.kmeans_iters, cfg.kmeans_tol, cfg.seed)
+            _, assign = kmeans(
+                tokens,
+                min(cfg.k, tokens.shape[0]),
+                cfg.n_init,
+                cfg.kmeans_iters,
+                cfg.kmeans_tol,
+                cfg.seed,
+            )
             out.append(_first_appearance_lut(assign, cfg.k)[assign].view(frame.shape[:2]))
         labels = torch.stack(out)
         self._add_classes(labels)

@@ -235,17 +235,19 @@ def extract(
         (b, "attn1", "q"): {fcfg.feature_step} for b in feature_blocks
     }
     steps = set(range(fcfg.start_step, fcfg.num_inference_steps))
+    prefix_key = prefix_plan(cfg) if keep else None
     if keep and cfg.upsample.inject:
         for b in cfg.upsample.injected_blocks:
             # attn2 k is to_k(text embedding): identical in every pass, so it is not stored.
             for kind_key in ((b, "attn1", "q"), (b, "attn1", "k"), (b, "attn2", "q")):
-                capture.setdefault(kind_key, set()).update(steps)
+                capture.setdefault(kind_key, set()).update(
+                    s for s in steps if not _before_modulation((s, *kind_key), prefix_key)
+                )
     emb = cfg_embeddings(backbone, fcfg.prompt, fcfg.guidance_scale)
     blocks_hooked = sorted({k[0] for k in capture})
 
     tic = time.perf_counter()
     latents: dict[int, torch.Tensor] = {}
-    prefix_key = prefix_plan(cfg) if keep else None
     prefix: dict[str, Any] = {}
     with AttentionController(backbone.unet, blocks_hooked) as ctl:
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
@@ -253,13 +255,20 @@ def extract(
         handles = []
         if prefix_key is not None:
             for name, module in prefix_modules(backbone.unet, *prefix_key[1:]).items():
-                handles.append(module.register_forward_hook(
-                    _prefix_hook(prefix, name, ctl.plan, prefix_key[0])))
+                handles.append(
+                    module.register_forward_hook(
+                        _prefix_hook(prefix, name, ctl.plan, prefix_key[0])
+                    )
+                )
         try:
             for i in range(fcfg.start_step, fcfg.num_inference_steps):
                 ctl.plan.step = i
                 eps = unet_eps(
-                    backbone, z, float(schedule.sigmas[i]), float(schedule.timesteps[i]), emb,
+                    backbone,
+                    z,
+                    float(schedule.sigmas[i]),
+                    float(schedule.timesteps[i]),
+                    emb,
                     fcfg.guidance_scale,
                 )
                 z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]).item() * eps
@@ -280,8 +289,13 @@ def extract(
     feats = aggregate([block_features[b] for b in fcfg.blocks], fcfg.aggregation)
     cache = {}
     if keep and cfg.upsample.inject:
-        cache = {k: v for k, v in stored.items() if k[0] >= fcfg.start_step and
-                 k[1] in cfg.upsample.injected_blocks}
+        cache = {
+            k: v
+            for k, v in stored.items()
+            if k[0] >= fcfg.start_step
+            and k[1] in cfg.upsample.injected_blocks
+            and not _before_modulation(k, prefix_key)
+        }
     return FeatureResult(
         features=normalise_tokens(feats, fcfg.normalisation),
         refine_features=block_features[fcfg.refine_block],
@@ -298,6 +312,28 @@ def extract(
         prefix=prefix,
         prefix_key=prefix_key if prefix else None,
         halves=emb.shape[0],
+    )
+
+
+def modulation_point(cfg: SegmentConfig) -> tuple[int, int, int] | None:
+    """(step, block, 0 for attn1 / 1 for attn2) of the earliest modulated layer, or None."""
+    ucfg = cfg.upsample
+    if not ucfg.modulation_steps or not ucfg.modulated_blocks:
+        return None
+    layer = 1 if ucfg.tensor == "attn2_out" else 0
+    return min(ucfg.modulation_steps), min(ucfg.modulated_blocks), layer
+
+
+def _before_modulation(key: tuple, prefix_key: tuple[int, int, str] | None) -> bool:
+    """Whether the projection ``key`` = (step, block, layer, kind) is computed before the
+    modulated layer at the replayed step, so every modulated pass reproduces it exactly and
+    it need not be stored for injection."""
+    if prefix_key is None:
+        return False
+    step, block, layer = prefix_key
+    # in the modulated block, the projections of the modulated layer and of those before it
+    return key[0] == step and (
+        key[1] < block or (key[1] == block and (key[2] == "attn1" or layer == "attn2"))
     )
 
 

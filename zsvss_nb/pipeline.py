@@ -179,8 +179,7 @@ class Segmenter:
             gt = load_label_mask(first_frame_gt, (h, w))
         context = SceneContext(cfg.context)
         n_windows = len(window_spans(len(video), cfg.window))
-        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=n_windows, desc="windows", unit="win", disable=not progress, leave=False)
         try:
             for window in video.windows(cfg.window):
                 try:
@@ -228,8 +227,9 @@ class Segmenter:
         for j, (index, name) in enumerate(zip(window.indices, window.names, strict=True)):
             if not bool(window.is_new[j]):
                 continue
-            result = FrameResult(index=index, labels=up.labels[j].cpu(), name=name,
-                                 frame=window.frames[j])
+            result = FrameResult(
+                index=index, labels=up.labels[j].cpu(), name=name, frame=window.frames[j]
+            )
             if return_debug:
                 result.coarse = coarse[j].cpu()
                 result.refined = refined[j].cpu()
@@ -276,8 +276,9 @@ class Segmenter:
         started = time.time()
 
         def frames():
-            for result in self.segment(video, first_frame_gt_ids if first_frame_gt is not None
-                                       else None, progress=progress):
+            for result in self.segment(
+                video, first_frame_gt_ids if first_frame_gt is not None else None, progress=progress
+            ):
                 labels = result.labels
                 if int(labels.max()) > 255 or int(labels.min()) < 0:
                     raise LabelError(f"label ids {int(labels.max())} do not fit a uint8 PNG")
@@ -327,8 +328,12 @@ class Segmenter:
         identity["sha256"] = self.backbone.fingerprint()
         return {
             "zsvss_version": __version__,
-            "video": {"source": video.source, "frames": len(video), "size": list(video.size),
-                      "fps": video.fps},
+            "video": {
+                "source": video.source,
+                "frames": len(video),
+                "size": list(video.size),
+                "fps": video.fps,
+            },
             "first_frame_gt": str(first_frame_gt) if first_frame_gt is not None else None,
             "config": self.cfg.to_dict(),
             "seed": self.cfg.features.seed,

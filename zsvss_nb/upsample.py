@@ -32,6 +32,7 @@ from .features import (
     FeatureResult,
     block_stride,
     cfg_embeddings,
+    modulation_point,
     prefix_modules,
     prefix_plan,
     unet_eps,
@@ -145,8 +146,12 @@ def bilinear_labels(
     """Bilinear upsampling of per-class one-hot scores, then argmax: [B, H, W] ids."""
     scores = torch.stack(
         [
-            F.interpolate(one_hot_maps(coarse[f : f + 1], classes)[:, 0][None], size=size,
-                          mode="bilinear", align_corners=False)[0]
+            F.interpolate(
+                one_hot_maps(coarse[f : f + 1], classes)[:, 0][None],
+                size=size,
+                mode="bilinear",
+                align_corners=False,
+            )[0]
             for f in range(coarse.shape[0])
         ],
         dim=1,
@@ -155,7 +160,10 @@ def bilinear_labels(
 
 
 def joint_bilateral_scores(
-    scores: torch.Tensor, guide: torch.Tensor, sigma_space: float, sigma_color: float,
+    scores: torch.Tensor,
+    guide: torch.Tensor,
+    sigma_space: float,
+    sigma_color: float,
     radius: int = 2,
 ) -> torch.Tensor:
     """Joint-bilateral upsampling (Kopf et al. 2007) of coarse scores [K, h, w] to the guide's size.
@@ -193,14 +201,21 @@ def joint_bilateral_scores(
 
 
 def bilateral_labels(
-    coarse: torch.Tensor, classes: torch.Tensor, images: torch.Tensor, geometry,
+    coarse: torch.Tensor,
+    classes: torch.Tensor,
+    images: torch.Tensor,
+    geometry,
     cfg: UpsampleConfig,
 ) -> torch.Tensor:
     """Image-guided upsampling of one-hot coarse scores [B, h, w] with the frames [B, 3, H', W']."""
     scores = torch.stack(
         [
-            joint_bilateral_scores(one_hot_maps(coarse[f : f + 1], classes)[:, 0], images[f],
-                                   cfg.bilateral_sigma_space, cfg.bilateral_sigma_color)
+            joint_bilateral_scores(
+                one_hot_maps(coarse[f : f + 1], classes)[:, 0],
+                images[f],
+                cfg.bilateral_sigma_space,
+                cfg.bilateral_sigma_color,
+            )
             for f in range(coarse.shape[0])
         ],
         dim=1,
@@ -225,7 +240,7 @@ def plan_triples(masks: torch.Tensor, skip_empty: bool) -> torch.Tensor:
 
 
 def _chunks(triples: torch.Tensor, batch: int, num_frames: int) -> list[torch.Tensor]:
-    """Index sets of ``triples`` per UNet call; batch 1 = one pass per class and sign (reference)."""
+    """Indices of ``triples`` per UNet call; batch 1 = one pass per class and sign (reference)."""
     if not len(triples):
         return []
     if batch == 1:
@@ -243,7 +258,9 @@ def _check_steps(cfg: SegmentConfig) -> None:
     for name in ("modulation_steps", "blend_steps"):
         bad = [s for s in getattr(ucfg, name) if not start <= s < end]
         if bad:
-            raise ConfigError(f"upsample.{name} {bad} lie outside the denoising steps [{start}, {end})")
+            raise ConfigError(
+                f"upsample.{name} {bad} lie outside the denoising steps [{start}, {end})"
+            )
     if ucfg.inject:
         missing = [b for b in (*ucfg.modulated_blocks,) if not 3 <= b <= 11]
         if missing:
@@ -366,6 +383,16 @@ def modulate(
     if feats.z_start is None or (ucfg.inject and not feats.cache):
         raise ConfigError("features were extracted without caches: call extract(keep_cache=True)")
     _check_steps(cfg)
+    if feats.prefix_key is not None:
+        # the cache lacks what precedes the modulated layer at the replayed step (identical
+        # in every pass); a config that modulates earlier would need it
+        step, block, layer = feats.prefix_key
+        point = modulation_point(cfg)
+        if point is not None and point < (step, block, int(layer == "attn2")):
+            raise ConfigError(
+                f"features were extracted for modulation from step {step}, block {block} "
+                f"{layer}; extract again with this config (it modulates earlier)"
+            )
     seconds = {"modulation_unet": 0.0, "decode": 0.0, "difference": 0.0}
     coarse = coarse.to(backbone.device)
     classes = torch.unique(coarse) if classes is None else classes.to(coarse.device)
@@ -443,8 +470,14 @@ def modulate(
                         if i == feats.prefix_key[0]
                         else None
                     )
-                eps = unet_eps(runner, z, float(sched.sigmas[i]), float(sched.timesteps[i]),
-                               emb, cfg.features.guidance_scale)
+                eps = unet_eps(
+                    runner,
+                    z,
+                    float(sched.sigmas[i]),
+                    float(sched.timesteps[i]),
+                    emb,
+                    cfg.features.guidance_scale,
+                )
                 z = z + (sched.sigmas[i + 1] - sched.sigmas[i]).item() * eps
                 if i in ucfg.blend_steps:
                     z = blend * z + (1 - blend) * feats.latents[i][f]
@@ -482,12 +515,19 @@ def modulate(
     filtered = diff * (up + ucfg.outside_weight * (1 - up))  # METHOD 1.7.5
     raw_scores = diff
     if candidates is not None:  # only neighbourhood classes compete at a pixel
-        cand_px = F.interpolate(candidates.flatten(0, 1)[:, None].float(), size=(H, W),
-                                mode="nearest")[:, 0].view(K, B, H, W) > 0.5
+        cand_px = (
+            F.interpolate(candidates.flatten(0, 1)[:, None].float(), size=(H, W), mode="nearest")[
+                :, 0
+            ].view(K, B, H, W)
+            > 0.5
+        )
         raw_scores = torch.where(cand_px, diff, -1.0)
         filtered = torch.where(cand_px, filtered, -1.0)
-    fallback = None if ucfg.paper_compat else F.interpolate(
-        coarse[:, None].float(), size=(H, W), mode="nearest")[:, 0].long()
+    fallback = (
+        None
+        if ucfg.paper_compat
+        else F.interpolate(coarse[:, None].float(), size=(H, W), mode="nearest")[:, 0].long()
+    )
     raw_labels = _restore_argmax(raw_scores, classes, feats.geometry, fallback)
     filt_labels = _restore_argmax(filtered, classes, feats.geometry, fallback)
     seconds["difference"] += time.perf_counter() - tic
@@ -504,7 +544,10 @@ def modulate(
 
 
 def upsample(
-    backbone: Backbone, feats: FeatureResult, coarse: torch.Tensor, cfg: SegmentConfig,
+    backbone: Backbone,
+    feats: FeatureResult,
+    coarse: torch.Tensor,
+    cfg: SegmentConfig,
     classes: torch.Tensor | None = None,
 ) -> UpsampleResult:
     """Stage 3 by ``cfg.upsample.method``: modulation, bilinear, nearest or bilateral."""
@@ -525,8 +568,9 @@ def upsample(
         labels = bilateral_labels(coarse, classes, feats.images, feats.geometry, cfg.upsample)
     else:  # bilinear, and the fallback for backbones that cannot modulate
         labels = bilinear_labels(coarse, classes, feats.geometry, size)
-    return UpsampleResult(labels=labels, classes=classes,
-                          seconds={"upsample": time.perf_counter() - tic})
+    return UpsampleResult(
+        labels=labels, classes=classes, seconds={"upsample": time.perf_counter() - tic}
+    )
 
 
 __all__ = [

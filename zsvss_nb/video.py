@@ -717,7 +717,10 @@ def prepare_frames(
             # the paper's resize is plain bilinear like cv2; a max_side downscale antialiases
             paper = tuple(side // multiple * multiple for side in geometry.original)
             x = F.interpolate(
-                x, size=geometry.processed, mode="bilinear", align_corners=False,
+                x,
+                size=geometry.processed,
+                mode="bilinear",
+                align_corners=False,
                 antialias=geometry.processed != paper,
             ).clamp_(0.0, 1.0)
         else:
@@ -843,7 +846,9 @@ def write_video(
     tmp = _temp_path(path)
     count = 0
     try:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "faststart"}) as out:
+        # no "faststart": it rewrites the whole file to move the index to the front, doubling
+        # the bytes written; local players and browsers play the single-pass file as it is
+        with av.open(str(tmp), mode="w", format="mp4") as out:
             stream: Any = None
             for item in frames:
                 frame = _as_numpy(item)
