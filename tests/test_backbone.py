@@ -8,7 +8,7 @@ from zsvss_nb.backbone import (
     save_folder,
     save_single_file,
 )
-from zsvss_nb.errors import IncompleteModelError, ModelNotFoundError
+from zsvss_nb.errors import ConfigError, IncompleteModelError, ModelNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,20 @@ def test_no_model_configured(monkeypatch, tmp_path):
         load_backbone(None, device="cpu")
     monkeypatch.setenv("ZSVSS_MODEL", "tiny")
     assert describe_spec(None) == {"model": "tiny", "from": "built-in"}
+
+
+def test_release_text_encoder_keeps_embeddings_and_identity(tmp_path):
+    model = load_backbone("tiny")
+    before = model.prompt_embedding("").clone()
+    fingerprint = load_backbone("tiny").fingerprint()
+    model.release_text_encoder(("", "a street"))
+    assert model.text_encoder is None
+    assert torch.equal(model.prompt_embedding(""), before)
+    assert model.prompt_embedding("a street").shape == before.shape
+    assert model.fingerprint() == fingerprint
+    with pytest.raises(ConfigError, match="'a dog' was not embedded"):
+        model.prompt_embedding("a dog")
+    with pytest.raises(ConfigError, match="text encoder was released"):
+        save_folder(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    model.release_text_encoder()  # a second release is a no-op

@@ -7,13 +7,14 @@ feature pass with planted coarse maps.
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from zsvss_nb import bench
-from zsvss_nb.backbone import load_backbone
+from zsvss_nb.backbone import load_backbone, native_bf16
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract, prefix_modules
@@ -126,6 +127,29 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
         assert run["extra_disk_bytes"] is None or run["extra_disk_bytes"] <= 16
 
 
+def test_bf16_modes_are_skipped_without_native_bf16(tiny, monkeypatch):
+    monkeypatch.setattr(bench, "native_bf16", lambda device: False)
+    kwargs = dict(model="tiny", size=64, frames=2, backbone=tiny, overlay=False)
+    result = bench.run_benchmark(modes=("default", "bf16-decode", "fast"), **kwargs)
+    assert list(result["runs"]) == ["default"] and result["modes"] == ["default"]
+    assert set(result["skipped_modes"]) == {"bf16-decode", "fast"}
+    assert "skipped mode bf16-decode: no native bf16" in bench.format_table(result)
+    with pytest.raises(ConfigError, match="every benchmark mode was skipped"):
+        bench.run_benchmark(modes=("bf16-unet",), **kwargs)
+    forced = bench.run_benchmark(modes=("bf16-decode",), allow_emulated_bf16=True, **kwargs)
+    assert list(forced["runs"]) == ["bf16-decode"] and not forced["skipped_modes"]
+
+
+def test_native_bf16_on_cpu_matches_the_cpu_flags():
+    flags = ""
+    if Path("/proc/cpuinfo").exists():
+        flags = Path("/proc/cpuinfo").read_text()
+    if "flags" not in flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    native = any(f in flags.split() for f in ("avx512_bf16", "amx_tile"))
+    assert native_bf16("cpu") is native
+
+
 def test_unknown_mode_is_rejected():
     with pytest.raises(ConfigError, match="not known"):
         bench.run_benchmark(model="tiny", modes=("warp-speed",))
@@ -197,6 +221,45 @@ def test_bf16_options_run_and_stay_close(tiny, feats):
         assert low.diff.dtype == torch.float32
         agreement = float((low.labels == base.labels).float().mean())
         assert agreement > 0.9, changes
+
+
+class _CountingUNet(torch.nn.Module):
+    """Stands in for torch.compile's wrapper: calls the UNet it wraps and counts the calls."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_torch_compile_option_runs_the_compiled_unet_built_once(tiny, feats, monkeypatch):
+    built = []
+
+    def fake_compile(module, **kwargs):
+        built.append((module, kwargs))
+        return _CountingUNet(module)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    calls = []
+    handle = tiny.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        base = _run(tiny, feats)
+        plain_calls = len(calls)
+        first = _run(tiny, feats, torch_compile=True)
+        second = _run(tiny, feats, torch_compile=True)
+        wrapper = tiny._compiled_unet
+    finally:
+        handle.remove()
+        tiny.__dict__.pop("_compiled_unet", None)
+    assert len(built) == 1 and built[0][0] is tiny.unet and built[0][1] == {"dynamic": True}
+    # every modulation UNet call of both runs went through the compiled module
+    assert plain_calls > 0 and wrapper.calls == 2 * plain_calls == len(calls) - plain_calls
+    for res in (first, second):
+        assert torch.equal(res.labels, base.labels)
+        assert res.unet_evals == base.unet_evals
 
 
 def _needed_loop(masks: torch.Tensor):

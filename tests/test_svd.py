@@ -365,7 +365,10 @@ def test_modulation_labels_blending_and_batching(tiny, feats):
     # blending after every step resets frame 0 outside class 7's (empty) mask: exactly D = 0
     assert one.diff[1, 0].abs().max() == 0 and one.vae_decodes == 4 * 4
     two = svd.modulate(tiny, feats, coarse, CFG.replace(modulation_batch=8))  # 2 videos / call
-    assert torch.allclose(one.diff, two.diff, atol=1e-4)
+    # float32 kernels differ with the batch size and the random tiny UNet amplifies the rounding:
+    # on an AVX2-only CPU the maps differ by 2e-3 on average (6e-2 at worst), 99.9 % labels agree
+    assert float((one.diff - two.diff).abs().mean()) < 5e-3
+    assert (one.labels == two.labels).float().mean() > 0.995
     # 4 videos per call pick other float32 kernels; the random tiny UNet amplifies the rounding
     assert (one.labels == up.labels).float().mean() > 0.99
     assert up.unet_evals == one.unet_evals == 4 * 8 * 4 * 2

@@ -10,6 +10,7 @@ tests, CI and the notebooks' CI runs use it. ``"dinov2-s"`` is the comparison ba
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -160,6 +161,11 @@ class Backbone:
     def prompt_embedding(self, prompt: str = "") -> torch.Tensor:
         """Text-encoder hidden states for ``prompt``: [1, 77, D], cached per prompt."""
         if prompt not in self._prompt_cache:
+            if self.text_encoder is None:
+                raise ConfigError(
+                    f"prompt {prompt!r} was not embedded before the text encoder was released; "
+                    "pass it to release_text_encoder() or reload the model"
+                )
             ids = self.tokenizer(
                 [prompt],
                 padding="max_length",
@@ -170,6 +176,21 @@ class Backbone:
             hidden = self.text_encoder(ids)[0]
             self._prompt_cache[prompt] = hidden.to(self.dtype)
         return self._prompt_cache[prompt]
+
+    def release_text_encoder(self, prompts: tuple[str, ...] = ("",)) -> None:
+        """Embed ``prompts`` once, then drop the text encoder to free its memory.
+
+        The SD pipeline only ever conditions on one fixed prompt (METHOD 1.2: ""), so OpenCLIP-H
+        (1.4 GB in fp32) is dead weight after its embedding is cached. The fingerprint is taken
+        first, so the model's identity in outputs does not change.
+        """
+        if self.text_encoder is None:
+            return
+        self.fingerprint()
+        for prompt in prompts:
+            self.prompt_embedding(prompt)
+        self.text_encoder = None
+        gc.collect()
 
     @torch.inference_mode()
     def encode(
@@ -243,6 +264,24 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA with bf16, or AVX512-BF16/AMX).
+
+    Without it (e.g. AVX2-only CPUs) PyTorch emulates bf16 matmuls and convolutions at about
+    100 times the cost of float32 (benchmarks/precision_probe.py), so bf16 options are a trap.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        if cpu is None or not all(hasattr(cpu, name) for name in checks):
+            return True  # cannot tell: trust the user's choice
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return True
 
 
 def _freeze(*modules: nn.Module | None) -> None:
@@ -413,10 +452,18 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return obj, {}
 
 
+def _require_text_encoder(backbone: Backbone) -> None:
+    if backbone.text_encoder is None:
+        raise ConfigError(
+            "backbone: its text encoder was released (release_text_encoder); reload to save it"
+        )
+
+
 def save_single_file(backbone: Backbone, path: str | Path) -> Path:
     """Write an SD backbone as one ``.safetensors`` file (prefixed parts, configs in metadata)."""
     from safetensors.torch import save_file
 
+    _require_text_encoder(backbone)
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     meta = {"zsvss_format": "1", "name": backbone.name}
@@ -674,6 +721,7 @@ def load_backbone(
 
 def save_folder(backbone: Backbone, folder: str | Path) -> Path:
     """Write an SD backbone as a diffusers folder: UNet, VAE, text encoder, tokenizer, scheduler."""
+    _require_text_encoder(backbone)
     folder = Path(folder)
     backbone.unet.save_pretrained(folder / "unet")
     backbone.vae.save_pretrained(folder / "vae")

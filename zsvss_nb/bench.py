@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -40,8 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backbone import default_device, native_bf16
 from .config import SegmentConfig
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 STAGES = (
     ("encode", "encode (VAE)"),
@@ -398,25 +402,30 @@ def run_mode(
     }
 
 
+def _backbone_info(backbone, channels_last: bool) -> dict[str, Any]:
+    return {
+        "name": backbone.name,
+        "dtype": str(backbone.dtype).replace("torch.", ""),
+        "device": str(backbone.device),
+        "channels_last": channels_last,
+        "feature_stride": backbone.feature_stride,
+    }
+
+
 def _load(model: str, dtype: str | None, device: str | None, channels_last: bool, size: int):
     from .backbone import load_backbone
 
     tic = time.perf_counter()
     backbone = load_backbone(model, dtype=dtype, device=device)
     load_seconds = time.perf_counter() - tic
+    if backbone.kind == "sd":
+        backbone.release_text_encoder()  # as the CLI does: only the "" embedding is needed
     if channels_last:
         for module in (backbone.unet, backbone.vae):
             module.to(memory_format=torch.channels_last)
     _warm_up(backbone, size)
-    info = {
-        "name": backbone.name,
-        "dtype": str(backbone.dtype).replace("torch.", ""),
-        "device": str(backbone.device),
-        "channels_last": channels_last,
-        "load_seconds": round(load_seconds, 2),
-        "rss_after_load_gb": _rss_gb(),
-        "feature_stride": backbone.feature_stride,
-    }
+    info = _backbone_info(backbone, channels_last)
+    info.update(load_seconds=round(load_seconds, 2), rss_after_load_gb=_rss_gb())
     return backbone, info
 
 
@@ -464,6 +473,7 @@ def run_benchmark(
     command: str | None = None,
     backbone=None,
     isolate: bool | None = None,
+    allow_emulated_bf16: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark for each of ``modes`` on one workload and return the result dict.
 
@@ -483,6 +493,9 @@ def run_benchmark(
     ``isolate`` runs every mode in a fresh child process that loads the model itself, so
     each mode's peak memory and timing are its own (default: for every model but "tiny",
     unless ``backbone`` is given); otherwise the modes share one loaded model in-process.
+
+    Modes that use bfloat16 are skipped (listed in ``skipped_modes``) on a device without
+    native bf16 (:func:`~zsvss_nb.backbone.native_bf16`) unless ``allow_emulated_bf16``.
     """
     modes = list(dict.fromkeys(modes))
     if not modes:
@@ -504,16 +517,20 @@ def run_benchmark(
             backbone, info = _load(model, dtype, device, channels_last, size)
         else:
             _warm_up(backbone, size)
-            info = {
-                "name": backbone.name,
-                "dtype": str(backbone.dtype).replace("torch.", ""),
-                "device": str(backbone.device),
-                "channels_last": channels_last,
-                "feature_stride": backbone.feature_stride,
-            }
+            info = _backbone_info(backbone, channels_last)
     runs: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    native = native_bf16(backbone.device if backbone is not None else device or default_device())
     for mode in modes:
         cfg = _mode_config(base, mode)
+        ucfg = cfg.upsample
+        if not (native or allow_emulated_bf16) and "bfloat16" in (
+            ucfg.unet_autocast,
+            ucfg.decode_dtype,
+        ):
+            skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
+            log.warning("skipping mode %s: %s", mode, skipped[mode])
+            continue
         if isolate:
             job = {
                 "model": model,
@@ -534,6 +551,9 @@ def run_benchmark(
         else:
             runs[mode] = run_mode(backbone, cfg, work, overlay, coarse)
         runs[mode]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if not runs:
+        raise ConfigError(f"every benchmark mode was skipped: {skipped}")
+    modes = [mode for mode in modes if mode in runs]
     labels = {mode: run.pop("_labels") for mode, run in runs.items()}
     for mode, run in runs.items():
         if "reference" in runs and mode != "reference":
@@ -553,6 +573,7 @@ def run_benchmark(
         **{k: v for k, v in runs[primary].items() if k != "upsample_config"},
         "modes": modes,
         "runs": runs,
+        "skipped_modes": skipped,
         "workload": {
             "frames": frames,
             "size": size,
@@ -624,6 +645,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{mach['torch']} ({mach['torch_threads']} threads), ISA {mach.get('isa', [])}, "
         f"load average at start {mach.get('load_average')}",
     ]
+    for mode, reason in result.get("skipped_modes", {}).items():
+        notes.append(f"skipped mode {mode}: {reason}")
     return "\n".join(rows + notes)
 
 
@@ -664,6 +687,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tiny; other models run each mode in a fresh process)",
     )
     parser.add_argument(
+        "--allow-emulated-bf16",
+        action="store_true",
+        help="run bf16 modes even where the device has no native bf16 (skipped otherwise)",
+    )
+    parser.add_argument(
         "--coarse",
         default="planted",
         choices=["planted", "model"],
@@ -692,6 +720,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         coarse=args.coarse,
         isolate=False if args.in_process else None,
+        allow_emulated_bf16=args.allow_emulated_bf16,
     )
     print(format_table(result))
     return 0

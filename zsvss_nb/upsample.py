@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map_only
 
-from .backbone import Backbone
+from .backbone import Backbone, native_bf16
 from .config import SegmentConfig, UpsampleConfig
 from .errors import ConfigError
 from .features import (
@@ -37,6 +38,8 @@ from .features import (
     prefix_plan,
     unet_eps,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -423,6 +426,15 @@ def modulate(
     inject = feats.cache if ucfg.inject else {}
     if inject and halves != feat_halves:  # cond-only passes replay the cond half
         inject = {key: value[-1:] for key, value in inject.items()}
+    wants_bf16 = not reference and "bfloat16" in (ucfg.unet_autocast, ucfg.decode_dtype)
+    if wants_bf16 and not native_bf16(backbone.device):
+        log.warning(
+            "bfloat16 requested (unet_autocast=%s, decode_dtype=%s) but %s has no native bf16: "
+            "it is emulated and far slower than float32",
+            ucfg.unet_autocast,
+            ucfg.decode_dtype,
+            backbone.device,
+        )
     runner = backbone
     if ucfg.torch_compile and not reference:
         runner = dataclasses.replace(backbone, unet=_compiled_unet(backbone))
