@@ -182,7 +182,8 @@ class Backbone:
 
         The SD pipeline only ever conditions on one fixed prompt (METHOD 1.2: ""), so OpenCLIP-H
         (1.4 GB in fp32) is dead weight after its embedding is cached. The fingerprint is taken
-        first, so the model's identity in outputs does not change.
+        first, so the model's identity in outputs does not change. A model without a text
+        encoder (SVD, DINOv2) is left as it is.
         """
         if self.text_encoder is None:
             return
@@ -378,20 +379,36 @@ def _assemble(unet, vae, text, tokenizer, device, dtype, identity) -> Backbone:
 
 
 # -- loading -------------------------------------------------------------------------------
-def _missing_parts(folder: Path) -> list[str]:
-    missing = []
-    for part in SD_COMPONENTS:
-        sub = folder / part
-        if not sub.is_dir() or not any(sub.iterdir()):
-            missing.append(part)
-    return missing
+def missing_parts(folder: Path, parts: tuple[str, ...] = SD_COMPONENTS) -> list[str]:
+    """The subfolders of a diffusers model folder among ``parts`` that are absent or empty."""
+    return [
+        part for part in parts if not (folder / part).is_dir() or not any((folder / part).iterdir())
+    ]
+
+
+def file_identity(path: Path, name: str, fmt: str = "single-file") -> dict[str, Any]:
+    """A single checkpoint file's identity (its bytes are what the fingerprint hashes)."""
+    return {"name": name, "source": str(path.resolve()), "format": fmt, "files": [str(path)]}
+
+
+def folder_identity(folder: Path) -> dict[str, Any]:
+    """A diffusers folder's identity: name, absolute source and the UNet's weight files."""
+    files = sorted(str(p) for p in (folder / "unet").glob("*.safetensors")) or sorted(
+        str(p) for p in (folder / "unet").glob("*.bin")
+    )
+    return {
+        "name": folder.name,
+        "source": str(folder.resolve()),
+        "format": "diffusers",
+        "files": files,
+    }
 
 
 def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype) -> Backbone:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    missing = _missing_parts(folder)
+    missing = missing_parts(folder)
     if missing:
         raise IncompleteModelError(
             f"model folder {folder} lacks {', '.join(missing)}: a diffusers Stable Diffusion "
@@ -405,23 +422,7 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype) -> Back
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     except (OSError, ValueError, KeyError) as err:
         raise IncompleteModelError(f"model folder {folder} could not be loaded: {err}") from err
-    files = sorted(str(p) for p in (folder / "unet").glob("*.safetensors")) or sorted(
-        str(p) for p in (folder / "unet").glob("*.bin")
-    )
-    backbone = _assemble(
-        unet,
-        vae,
-        text,
-        tokenizer,
-        device,
-        dtype,
-        {
-            "name": folder.name,
-            "source": str(folder.resolve()),
-            "format": "diffusers",
-            "files": files,
-        },
-    )
+    backbone = _assemble(unet, vae, text, tokenizer, device, dtype, folder_identity(folder))
     sched = folder / "scheduler" / "scheduler_config.json"
     if sched.is_file():
         cfg = json.loads(sched.read_text())
@@ -514,20 +515,8 @@ def _load_zsvss_single(path, tensors, meta, device, dtype) -> Backbone:
         for name, text_ in json.loads(meta.get("tokenizer", "{}")).items():
             (Path(tmp) / name).write_text(text_)
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    return _assemble(
-        unet,
-        vae,
-        text,
-        tokenizer,
-        device,
-        dtype,
-        {
-            "name": meta.get("name", path.stem),
-            "source": str(path.resolve()),
-            "format": "single-file",
-            "files": [str(path)],
-        },
-    )
+    identity = file_identity(path, meta.get("name", path.stem))
+    return _assemble(unet, vae, text, tokenizer, device, dtype, identity)
 
 
 def _load_ldm_single(path: Path, device, dtype) -> Backbone:
@@ -553,20 +542,8 @@ def _load_ldm_single(path: Path, device, dtype) -> Backbone:
             ) from err
     text = _ldm_text_encoder(path)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    return _assemble(
-        unet,
-        vae,
-        text,
-        tokenizer,
-        device,
-        dtype,
-        {
-            "name": path.stem,
-            "source": str(path.resolve()),
-            "format": "ldm-single-file",
-            "files": [str(path)],
-        },
-    )
+    identity = file_identity(path, path.stem, "ldm-single-file")
+    return _assemble(unet, vae, text, tokenizer, device, dtype, identity)
 
 
 def _ldm_text_encoder(path: Path) -> nn.Module:

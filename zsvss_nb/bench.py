@@ -418,8 +418,7 @@ def _load(model: str, dtype: str | None, device: str | None, channels_last: bool
     tic = time.perf_counter()
     backbone = load_backbone(model, dtype=dtype, device=device)
     load_seconds = time.perf_counter() - tic
-    if backbone.kind == "sd":
-        backbone.release_text_encoder()  # as the CLI does: only the "" embedding is needed
+    backbone.release_text_encoder()  # as the CLI does: only the "" embedding is needed
     if channels_last:
         for module in (backbone.unet, backbone.vae):
             module.to(memory_format=torch.channels_last)
@@ -523,11 +522,7 @@ def run_benchmark(
     native = native_bf16(backbone.device if backbone is not None else device or default_device())
     for mode in modes:
         cfg = _mode_config(base, mode)
-        ucfg = cfg.upsample
-        if not (native or allow_emulated_bf16) and "bfloat16" in (
-            ucfg.unet_autocast,
-            ucfg.decode_dtype,
-        ):
+        if cfg.upsample.uses_bfloat16 and not (native or allow_emulated_bf16):
             skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
             log.warning("skipping mode %s: %s", mode, skipped[mode])
             continue

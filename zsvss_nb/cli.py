@@ -131,8 +131,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     video = open_video(args.video, fps=args.fps)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
-    if backbone.kind == "sd":
-        backbone.release_text_encoder((cfg.features.prompt,))
+    backbone.release_text_encoder((cfg.features.prompt,))
     seg = Segmenter(backbone, cfg)
     manifest = seg.run(
         video,
@@ -179,8 +178,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     # under torchrun/accelerate each process takes the GPU of its local rank
     device = args.device or local_device()
     backbone = load_backbone(args.model, dtype=args.dtype, device=device)
-    if backbone.kind == "sd":
-        backbone.release_text_encoder((cfg.features.prompt,))
+    backbone.release_text_encoder((cfg.features.prompt,))
     summary = run_dataset(
         dataset,
         args.out,

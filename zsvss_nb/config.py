@@ -175,6 +175,11 @@ class UpsampleConfig(_Replaceable):
     bilateral_sigma_color: float = 0.1  # joint-bilateral: colour sigma on [0, 1] RGB
     paper_compat: bool = False  # True: uint8 wrap-around difference, 8-bit maps (see above)
 
+    @property
+    def uses_bfloat16(self) -> bool:
+        """Whether the modulated passes or the decode run in bfloat16 (needs native support)."""
+        return "bfloat16" in (self.unet_autocast, self.decode_dtype)
+
     def __post_init__(self) -> None:
         if self.method not in ("modulation", "bilinear", "nearest", "bilateral"):
             raise ConfigError(f"upsample method={self.method!r} is not known")

@@ -42,7 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionController
-from .backbone import Backbone, default_device
+from .backbone import (
+    Backbone,
+    default_device,
+    file_identity,
+    folder_identity,
+    missing_parts,
+)
 from .config import SegmentConfig
 from .errors import ConfigError, IncompleteModelError, ModelNotFoundError
 from .features import FeatureResult, Schedule, aggregate, block_stride, normalise_tokens
@@ -760,11 +766,7 @@ def _load_svd_folder(folder: Path, device, dtype) -> Backbone:
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    missing = [
-        part
-        for part in SVD_COMPONENTS
-        if not (folder / part).is_dir() or not any((folder / part).iterdir())
-    ]
+    missing = missing_parts(folder, SVD_COMPONENTS)
     if missing:
         raise IncompleteModelError(
             f"model folder {folder} lacks {', '.join(missing)}: a diffusers Stable Video "
@@ -779,9 +781,6 @@ def _load_svd_folder(folder: Path, device, dtype) -> Backbone:
             extractor = CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor")
     except (OSError, ValueError, KeyError) as err:
         raise IncompleteModelError(f"SVD model folder {folder} could not be loaded: {err}") from err
-    files = sorted(str(p) for p in (folder / "unet").glob("*.safetensors")) or sorted(
-        str(p) for p in (folder / "unet").glob("*.bin")
-    )
     return _assemble(
         unet,
         vae,
@@ -789,12 +788,7 @@ def _load_svd_folder(folder: Path, device, dtype) -> Backbone:
         extractor,
         device,
         dtype,
-        {
-            "name": folder.name,
-            "source": str(folder.resolve()),
-            "format": "diffusers",
-            "files": files,
-        },
+        folder_identity(folder),
         _scheduler_config(folder),
     )
 
@@ -839,21 +833,8 @@ def _load_svd_file(path: Path, device, dtype) -> Backbone:
         extractor = CLIPImageProcessor(**json.loads(meta["feature_extractor"]))
     sched = dict(SVD_SCHEDULER_CONFIG)
     sched.update(json.loads(meta.get("scheduler_config", "{}")))
-    return _assemble(
-        unet,
-        vae,
-        image,
-        extractor,
-        device,
-        dtype,
-        {
-            "name": meta.get("name", path.stem),
-            "source": str(path.resolve()),
-            "format": "single-file",
-            "files": [str(path)],
-        },
-        sched,
-    )
+    identity = file_identity(path, meta.get("name", path.stem))
+    return _assemble(unet, vae, image, extractor, device, dtype, identity, sched)
 
 
 def _load_svd_repo(repo_id: str, device, dtype) -> Backbone:

@@ -426,8 +426,7 @@ def modulate(
     inject = feats.cache if ucfg.inject else {}
     if inject and halves != feat_halves:  # cond-only passes replay the cond half
         inject = {key: value[-1:] for key, value in inject.items()}
-    wants_bf16 = not reference and "bfloat16" in (ucfg.unet_autocast, ucfg.decode_dtype)
-    if wants_bf16 and not native_bf16(backbone.device):
+    if not reference and ucfg.uses_bfloat16 and not native_bf16(backbone.device):
         log.warning(
             "bfloat16 requested (unet_autocast=%s, decode_dtype=%s) but %s has no native bf16: "
             "it is emulated and far slower than float32",
