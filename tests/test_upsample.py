@@ -20,6 +20,7 @@ from zsvss_nb.backbone import Backbone, load_backbone
 from zsvss_nb.config import SegmentConfig, UpsampleConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
+from zsvss_nb.resample import jpeg_roundtrip
 from zsvss_nb.upsample import (
     bilateral_labels,
     bilinear_labels,
@@ -305,27 +306,53 @@ def test_difference_maps_float_matches_loop():
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5, rtol=0)
 
 
-def _paper_ref(plus: torch.Tensor, minus: torch.Tensor) -> np.ndarray:
-    """The reference code's arithmetic in numpy: uint8 images, wrapping subtract and square."""
+def _paper_ref(plus: torch.Tensor, minus: torch.Tensor, folder) -> np.ndarray:
+    """The reference's process_output.py in numpy, cv2 and PIL: uint8 images, wrapping subtract
+    and square, float64 blur, ``Image.fromarray(d).convert("L")`` saved as a .jpg file and read
+    back (what the normalisation then sees)."""
     out = []
-    for p, m in zip(plus.numpy(), minus.numpy(), strict=True):
+    for i, (p, m) in enumerate(zip(plus.numpy(), minus.numpy(), strict=True)):
         a = (p.transpose(1, 2, 0) * 255).astype(np.uint8)
         b = (m.transpose(1, 2, 0) * 255).astype(np.uint8)
-        d = a - b  # uint8, wraps modulo 256
-        sq = d * d  # uint8, wraps modulo 256
-        dist = np.sqrt(np.sum(sq, axis=2).astype(np.int64).astype(np.float64))
-        blurred = cv2.GaussianBlur(dist, (5, 5), 3.0, borderType=cv2.BORDER_REFLECT_101)
-        out.append(np.clip(np.round(blurred), 0, 255))
+        dist = np.sqrt(np.sum((a - b) ** 2, axis=2))  # uint8 wraps; the sum does not
+        blurred = cv2.GaussianBlur(dist, (5, 5), 3)
+        path = folder / f"{i}.jpg"
+        Image.fromarray(blurred).convert("L").save(path)
+        out.append(np.array(Image.open(path)).astype(np.float64))
     return np.stack(out)
 
 
-def test_difference_maps_paper_compat_matches_uint8_reference():
+def test_difference_maps_paper_compat_matches_uint8_reference(tmp_path):
     plus, minus = _pair(n=3, h=20, w=23, seed=1)
     got = difference_maps(plus, minus, UpsampleConfig(paper_compat=True)).numpy()
-    expected = _paper_ref(plus, minus)
+    expected = _paper_ref(plus, minus, tmp_path)
     assert got.shape == expected.shape
     assert np.array_equal(got, expected)
-    assert got.max() <= 28  # round(sqrt(3 * 255)): the wrapped distance never exceeds 27.7
+    assert got.max() <= 40  # the wrapped distance never exceeds 27.7 (JPEG may ring above it)
+
+
+def test_paper_compat_truncates_the_blurred_map():
+    """PIL's float -> "L" conversion truncates: sqrt(3) = 1.73 becomes 1, not 2."""
+    x = torch.zeros(1, 3, 16, 16)
+    y = torch.full((1, 3, 16, 16), 1.5 / 255)  # uint8 1 in every channel: distance sqrt(3)
+    got = difference_maps(y, x, UpsampleConfig(paper_compat=True))
+    ones = torch.ones(1, 16, 16, dtype=torch.uint8)
+    assert torch.equal(got, jpeg_roundtrip(ones).float())
+    assert not torch.equal(got, jpeg_roundtrip(2 * ones).float())
+
+
+def test_filter_weights_paper_compat_is_pils_lanczos_of_the_mask_png():
+    g = torch.Generator().manual_seed(4)
+    masks = (torch.rand(3, 2, 7, 13, generator=g) > 0.5).float()
+    got = up_mod.filter_weights(masks, (112, 208), paper_compat=True)
+    for k in range(3):
+        for f in range(2):
+            png = Image.fromarray((masks[k, f].numpy() * 255).astype(np.uint8))
+            want = np.array(png.resize((208, 112), Image.LANCZOS))
+            np.testing.assert_array_equal((got[k, f] * 255).round().byte().numpy(), want)
+    default = up_mod.filter_weights(masks, (112, 208), paper_compat=False)
+    assert default.min() >= 0 and default.max() <= 1
+    assert not torch.equal((default * 255).round(), (got * 255).round())  # no inter-pass clip
 
 
 def test_paper_compat_wraparound_shrinks_large_differences():
@@ -339,7 +366,8 @@ def test_paper_compat_wraparound_shrinks_large_differences():
     assert torch.allclose(true, torch.full_like(true, math.sqrt(100**2 + 10**2)), atol=1e-3)
     assert math.sqrt(10_000 % 256 + 100) == pytest.approx(10.77, abs=0.01)
     paper = difference_maps(plus, minus, UpsampleConfig(paper_compat=True))
-    assert torch.equal(paper, torch.full_like(paper, 11.0))  # round(10.77) on a constant map
+    ten = jpeg_roundtrip(torch.full((1, 9, 9), 10, dtype=torch.uint8)).float()
+    assert torch.equal(paper, ten)  # 10.77 truncated to 10 (PIL's "L"), then the JPEG
     # wrap is symmetric in sign: 156 = -100 (mod 256) gives the same 16 after squaring
     assert torch.equal(difference_maps(minus, plus, UpsampleConfig(paper_compat=True)), paper)
 

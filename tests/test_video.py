@@ -514,9 +514,9 @@ def bilinear_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out
 
 
-def test_resize64_matches_bilinear_reference_and_cv2() -> None:
+def test_resize64_bilinear_option_matches_bilinear_reference_and_cv2() -> None:
     frames = torch.from_numpy(synthetic_frames(1, 100, 130)).permute(0, 3, 1, 2).contiguous()
-    x, g = prepare_frames(frames, "resize64")
+    x, g = prepare_frames(frames, "resize64", resize_filter="bilinear")
     assert x.shape == (1, 3, 64, 128) and g.processed == (64, 128)
     ref = bilinear_reference(frames[0, 1].double().numpy() / 255, 64, 128)
     assert np.abs(x[0, 1].double().numpy() - ref).max() < 1e-5
@@ -525,6 +525,39 @@ def test_resize64_matches_bilinear_reference_and_cv2() -> None:
     want = cv2.resize(img, (128, 64), interpolation=cv2.INTER_LINEAR)
     got = (x[0].permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(got - want.astype(np.float64)).max() <= 1.0
+
+
+@pytest.mark.parametrize("clip", ["davis2016/blackswan", "camvid/0016E5_15Hz"])
+def test_resize64_default_is_pils_resize_of_the_reference(clip) -> None:
+    """The reference's ``frame_img.resize((width, height))``: PIL's default BICUBIC filter."""
+    root = Path(__file__).resolve().parents[1] / "data" / clip
+    path = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".jpg", ".png") and "abel" not in str(p) and "nnotation" not in str(p)
+    )[0]
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    w, h = rgb.size
+    want = np.asarray(rgb.resize((w - w % 64, h - h % 64)))
+    frames = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)[None].contiguous()
+    x, g = prepare_frames(frames, "resize64")
+    assert g.processed == (h - h % 64, w - w % 64)
+    got = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.05
+    assert np.array_equal(got, want)  # in fact byte-identical (zsvss_nb.resample)
+
+
+def test_resize64_default_matches_pil_on_random_images() -> None:
+    gen = np.random.default_rng(3)
+    # sizes where every Pillow runs the horizontal pass first (test_resample covers the order)
+    for (h, w), (ph, pw) in (((130, 100), (128, 64)), ((200, 333), (192, 320))):
+        img = gen.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(img).resize((pw, ph), Image.BICUBIC))
+        x, _ = prepare_frames(torch.from_numpy(img).permute(2, 0, 1)[None].contiguous())
+        got = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        assert np.array_equal(got, want)
 
 
 def test_resize64_restore() -> None:

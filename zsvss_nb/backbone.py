@@ -313,7 +313,18 @@ def _tiny_tokenizer():
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=77)
+    try:  # transformers 5: the tokenizer takes the vocabulary itself
+        return CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=77)
+    except TypeError:  # transformers 4: it reads vocab.json and merges.txt
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+            (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+            return CLIPTokenizer(
+                Path(tmp) / "vocab.json",
+                Path(tmp) / "merges.txt",
+                pad_token="!",
+                model_max_length=77,
+            )
 
 
 def build_sd(
@@ -519,45 +530,41 @@ def _load_zsvss_single(path, tensors, meta, device, dtype) -> Backbone:
     return _assemble(unet, vae, text, tokenizer, device, dtype, identity)
 
 
-def _load_ldm_single(path: Path, device, dtype) -> Backbone:
-    """An original (LDM/sgm) SD 2.x checkpoint such as v2-1_512-ema-pruned.safetensors."""
+def _load_ldm_single(path: Path, tensors: dict[str, torch.Tensor], device, dtype) -> Backbone:
+    """An original (LDM/sgm) SD 1.x/2.x checkpoint such as v2-1_512-ema-pruned.safetensors.
+
+    The architecture is read off the tensor shapes and every tensor is mapped by name
+    (:mod:`zsvss_nb.ldm`), so no conversion library and no network are involved.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    tokenizer_dir = _find_tokenizer(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, cfg in (("unet", SD21_UNET), ("vae", SD21_VAE)):
-            (Path(tmp) / name).mkdir()
-            (Path(tmp) / name / "config.json").write_text(json.dumps(cfg))
-        try:
-            unet = UNet2DConditionModel.from_single_file(
-                str(path), config=tmp, subfolder="unet", local_files_only=True
-            )
-            vae = AutoencoderKL.from_single_file(
-                str(path), config=tmp, subfolder="vae", local_files_only=True
-            )
-        except Exception as err:  # diffusers raises many types for a wrong checkpoint
-            raise IncompleteModelError(
-                f"checkpoint {path} is not an SD 2.x-base checkpoint diffusers can convert: {err}"
-            ) from err
-    text = _ldm_text_encoder(path)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    from .ldm import convert_ldm, ldm_configs
+
+    configs = ldm_configs(tensors, str(path))
+    tokenizer = CLIPTokenizer.from_pretrained(_find_tokenizer(path))
+    unet = UNet2DConditionModel(**configs.unet)
+    vae = AutoencoderKL(**configs.vae)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            **configs.text,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    states = convert_ldm(
+        tensors,
+        configs,
+        *({k: v.shape for k, v in m.state_dict().items()} for m in (unet, vae, text)),
+        path=str(path),
+    )
+    tensors.clear()  # the file's tensors are no longer needed: halve the peak memory
+    for module, state in zip((unet, vae, text), states, strict=True):
+        module.load_state_dict(state, strict=False)
     identity = file_identity(path, path.stem, "ldm-single-file")
+    identity["family"] = "sd2" if configs.text_kind == "openclip" else "sd1"
     return _assemble(unet, vae, text, tokenizer, device, dtype, identity)
-
-
-def _ldm_text_encoder(path: Path) -> nn.Module:
-    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tensors, _ = _read_state_dict(path)
-    text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
-    state = convert_open_clip_checkpoint(text, tensors)
-    result = text.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing:
-        raise IncompleteModelError(f"checkpoint {path}: text encoder lacks {missing[:3]}")
-    return text
 
 
 def _find_tokenizer(path: Path) -> Path:
@@ -566,10 +573,11 @@ def _find_tokenizer(path: Path) -> Path:
     if env:
         candidates.insert(0, Path(env))
     for candidate in candidates:
-        if (candidate / "vocab.json").is_file():
+        if (candidate / "vocab.json").is_file() or (candidate / "tokenizer.json").is_file():
             return candidate
     raise IncompleteModelError(
-        f"checkpoint {path} needs a CLIP tokenizer folder (vocab.json, merges.txt); looked in "
+        f"checkpoint {path} needs a CLIP tokenizer folder (vocab.json and merges.txt, or "
+        "tokenizer.json); looked in "
         + ", ".join(str(c) for c in candidates)
         + ": copy the tokenizer/ folder of any SD 2.x diffusers model there or set ZSVSS_TOKENIZER"
     )
@@ -585,8 +593,7 @@ def _load_file(path: Path, device, dtype) -> Backbone:
     if meta.get("zsvss_format"):
         return _load_zsvss_single(path, tensors, meta, device, dtype)
     if any(k.startswith("model.diffusion_model.") for k in tensors):
-        del tensors
-        return _load_ldm_single(path, device, dtype)
+        return _load_ldm_single(path, tensors, device, dtype)
     raise IncompleteModelError(
         f"checkpoint {path} holds neither an SD UNet (model.diffusion_model.*) nor a zsvss "
         "single-file model"

@@ -42,6 +42,8 @@ class FeatureConfig(_Replaceable):
     seed: int = 1  # METHOD 1.8: seed 1, reset before every window
     sample_posterior: bool = True  # METHOD 1.1: VAE posterior sample, not mode
     size_policy: Literal["resize64", "pad64"] = "resize64"  # METHOD 1.1: resize to x64
+    resize_filter: Literal["pil-bicubic", "bilinear"] = "pil-bicubic"  # METHOD 1.1: PIL's
+    # default Image.resize filter (antialiased bicubic); "bilinear" = zsvss 0.1's resize
     max_side: int | None = None  # beyond the paper: downscale so the longer side <= this
     dinov2_layer: int = -1  # comparison backbone only: which ViT layer's patch tokens (-1 = last)
 
@@ -66,6 +68,10 @@ class FeatureConfig(_Replaceable):
             raise ConfigError(f"normalisation={self.normalisation!r}: use 'linf', 'l2' or 'none'")
         if self.size_policy not in ("resize64", "pad64"):
             raise ConfigError(f"size_policy={self.size_policy!r}: use 'resize64' or 'pad64'")
+        if self.resize_filter not in ("pil-bicubic", "bilinear"):
+            raise ConfigError(
+                f"resize_filter={self.resize_filter!r}: use 'pil-bicubic' or 'bilinear'"
+            )
         if self.aggregation == "mean" and len({_block_res(b) for b in self.blocks}) > 1:
             raise ConfigError(f"blocks {self.blocks} have different resolutions; cannot average")
 

@@ -219,6 +219,7 @@ def extract(
         fcfg.size_policy,
         backbone.size_multiple,
         fcfg.max_side,
+        fcfg.resize_filter,
     )
     images = images.to(backbone.device)
     if backbone.kind == "dinov2":

@@ -325,7 +325,7 @@ def _window_images(backbone: Backbone, window, cfg: SegmentConfig):
         frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
     fcfg = cfg.features
     images, geometry = prepare_frames(
-        frames, fcfg.size_policy, backbone.size_multiple, fcfg.max_side
+        frames, fcfg.size_policy, backbone.size_multiple, fcfg.max_side, fcfg.resize_filter
     )
     return images.to(backbone.device), geometry
 
@@ -496,7 +496,7 @@ def modulate(
         UpsampleResult,
         _restore_argmax,
         difference_maps,
-        lanczos_upsample,
+        filter_weights,
         one_hot_maps,
     )
 
@@ -603,7 +603,7 @@ def modulate(
         seconds["difference"] += time.perf_counter() - tic
     tic = time.perf_counter()
     diff = diff / (diff.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # METHOD 1.7.4
-    up = lanczos_upsample(masks, (H, W)).clamp(0, 1)
+    up = filter_weights(masks, (H, W), ucfg.paper_compat)
     filtered = diff * (up + ucfg.outside_weight * (1 - up))  # METHOD 1.7.5
     fallback = (
         None

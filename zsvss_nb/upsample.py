@@ -38,6 +38,7 @@ from .features import (
     prefix_plan,
     unet_eps,
 )
+from .resample import jpeg_roundtrip, resize_float, resize_uint8
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ class UpsampleResult:
 
 
 # -- small kernels --------------------------------------------------------------------------
-def gaussian_kernel1d(size: int, sigma: float, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps, as cv2.getGaussianKernel(size, sigma)."""
+def gaussian_kernel1d(
+    size: int, sigma: float, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, as cv2.getGaussianKernel(size, sigma) (float64 inside)."""
     x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     k = torch.exp(-(x**2) / (2 * sigma**2))
-    return (k / k.sum()).float()
+    return (k / k.sum()).to(dtype)
 
 
 def _reflect101_index(n: int, r: int, device=None) -> torch.Tensor:
@@ -79,7 +82,7 @@ def _reflect101_index(n: int, r: int, device=None) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of [N, H, W] with reflect-101 borders (cv2.GaussianBlur's)."""
-    k = gaussian_kernel1d(size, sigma, x.device).to(x.dtype)
+    k = gaussian_kernel1d(size, sigma, x.device, x.dtype)
     r = size // 2
     rows = _reflect101_index(x.shape[-2], r, x.device)
     cols = _reflect101_index(x.shape[-1], r, x.device)
@@ -89,24 +92,22 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return y.squeeze(1)
 
 
-def lanczos_matrix(n_in: int, n_out: int, a: int = 3, device=None) -> torch.Tensor:
-    """[n_out, n_in] resampling weights of PIL's LANCZOS filter (support a, normalised rows)."""
-    scale = n_in / n_out
-    support = a * max(scale, 1.0)
-    centre = (torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * scale
-    j = torch.arange(n_in, dtype=torch.float64, device=device)
-    x = (j[None, :] + 0.5 - centre[:, None]) / max(scale, 1.0)
-    w = torch.where(x.abs() < a, torch.sinc(x) * torch.sinc(x / a), torch.zeros_like(x))
-    w = torch.where((j[None, :] + 0.5 - centre[:, None]).abs() < support, w, torch.zeros_like(w))
-    return (w / w.sum(1, keepdim=True)).float()
-
-
 def lanczos_upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize [..., h, w] to [..., H, W] with separable Lanczos-3 (PIL LANCZOS), METHOD 1.7.5."""
-    h, w = masks.shape[-2:]
-    wy = lanczos_matrix(h, size[0], device=masks.device)
-    wx = lanczos_matrix(w, size[1], device=masks.device)
-    return torch.einsum("Hh,...hw,Ww->...HW", wy, masks.float(), wx)
+    return resize_float(masks.float(), size, "lanczos")
+
+
+def filter_weights(masks: torch.Tensor, size: tuple[int, int], paper_compat: bool) -> torch.Tensor:
+    """The coarse masks [K, B, h, w] upsampled to [K, B, H, W] in [0, 1] for the filtered output.
+
+    METHOD 1.7.5: the reference resizes each binary mask PNG with PIL's LANCZOS, which clips
+    and rounds to 8 bits between its horizontal and vertical pass; ``paper_compat`` does the
+    same, the default keeps the float resize (clamped to [0, 1]).
+    """
+    if paper_compat:
+        binary = (masks > 0.5).to(torch.uint8) * 255
+        return resize_uint8(binary, size, "lanczos").float() / 255.0
+    return lanczos_upsample(masks, size).clamp(0, 1)
 
 
 def one_hot_maps(coarse: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -345,17 +346,20 @@ def needed_pairs(
 def difference_maps(plus: torch.Tensor, minus: torch.Tensor, cfg: UpsampleConfig) -> torch.Tensor:
     """D = blur(||I+ - I-||_2 over RGB) for decodes [n, 3, H, W] in [0, 1] -> [n, H, W].
 
-    ``paper_compat``: the decodes become uint8, the difference and its square wrap modulo 256
-    (numpy uint8 arithmetic), channels are summed without wrap, and the blurred map is rounded
-    to 8 bits, as the reference's JPEG maps are (JPEG artefacts are not reproduced).
+    ``paper_compat`` reproduces the reference's process_output.py: the decodes become uint8
+    (truncated), the difference and its square wrap modulo 256 (numpy uint8 arithmetic),
+    channels are summed without wrap, the float64 blur is cast to 8 bits as PIL's
+    ``convert("L")`` does (truncation) and the map goes through an 8-bit JPEG file at PIL's
+    default quality, whose decoded values are what the reference normalises.
     """
     if cfg.paper_compat:
         a = (plus * 255).to(torch.uint8).long()
         b = (minus * 255).to(torch.uint8).long()
         diff = (a - b) % 256
         sq = (diff * diff) % 256
-        dist = sq.sum(1).float().sqrt()
-        return gaussian_blur(dist, cfg.blur_kernel, cfg.blur_sigma).round().clamp(0, 255)
+        dist = sq.sum(1).double().sqrt()
+        blurred = gaussian_blur(dist, cfg.blur_kernel, cfg.blur_sigma)
+        return jpeg_roundtrip(blurred.clamp(0, 255).floor().to(torch.uint8)).float()
     dist = (plus.float() - minus.float()).pow(2).sum(1).sqrt()
     return gaussian_blur(dist, cfg.blur_kernel, cfg.blur_sigma)
 
@@ -522,7 +526,7 @@ def modulate(
         seconds["difference"] += time.perf_counter() - tic
     tic = time.perf_counter()
     diff = diff / (diff.amax(dim=(-2, -1), keepdim=True) + 1e-5)  # METHOD 1.7.4
-    up = lanczos_upsample(masks, (H, W)).clamp(0, 1)
+    up = filter_weights(masks, (H, W), ucfg.paper_compat)
     filtered = diff * (up + ucfg.outside_weight * (1 - up))  # METHOD 1.7.5
     raw_scores = diff
     if candidates is not None:  # only neighbourhood classes compete at a pixel

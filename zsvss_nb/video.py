@@ -44,6 +44,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 Policy = Literal["resize64", "pad64"]
 _POLICIES = ("resize64", "pad64")
+ResizeFilter = Literal["pil-bicubic", "bilinear"]
+_RESIZE_FILTERS = ("pil-bicubic", "bilinear")
 # Pixel formats that _to_rgb converts (checked from the header at open time).
 _MODES = {"RGB", "L", "1", "P", "PA", "RGBA", "RGBa", "LA", "La", "CMYK", "YCbCr"}
 _MODES |= {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -702,30 +704,41 @@ def prepare_frames(
     policy: Policy = "resize64",
     multiple: int = 64,
     max_side: int | None = None,
+    resize_filter: ResizeFilter = "pil-bicubic",
 ) -> tuple[torch.Tensor, Geometry]:
     """Frames uint8 ``[B, 3, H, W]`` -> float32 ``[B, 3, H', W']`` in [0, 1], and the geometry.
 
-    "resize64" uses bilinear interpolation with half-pixel centres and no antialiasing, which
-    is what cv2.INTER_LINEAR (used by the reference code) does; "pad64" reflect-pads.
+    "resize64" resizes with ``resize_filter``: "pil-bicubic" (default, METHOD 1.1) is what the
+    reference code's ``frame_img.resize((width, height))`` does, PIL's antialiased bicubic on
+    the 8-bit frame, reproduced byte for byte (:func:`zsvss_nb.resample.resize_uint8`);
+    "bilinear" is zsvss 0.1's filter (``F.interpolate`` with half-pixel centres, antialiased only
+    for a ``max_side`` downscale), kept to reproduce earlier results. "pad64" reflect-pads.
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
         raise InputError(f"frames {frames.dtype} {list(frames.shape)}: expected uint8 [B, 3, H, W]")
+    if resize_filter not in _RESIZE_FILTERS:
+        raise ConfigError(f"resize_filter={resize_filter!r}: use 'pil-bicubic' or 'bilinear'")
     geometry = geometry_for(frames.shape[2], frames.shape[3], policy, multiple, max_side)
-    x = frames.to(torch.float32) / 255.0
-    if geometry.processed != geometry.original:
-        if geometry.policy == "resize64":
-            # the paper's resize is plain bilinear like cv2; a max_side downscale antialiases
-            paper = tuple(side // multiple * multiple for side in geometry.original)
-            x = F.interpolate(
-                x,
-                size=geometry.processed,
-                mode="bilinear",
-                align_corners=False,
-                antialias=geometry.processed != paper,
-            ).clamp_(0.0, 1.0)
-        else:
-            top, bottom, left, right = geometry.pad
-            x = F.pad(x, (left, right, top, bottom), mode="reflect")
+    if geometry.processed == geometry.original:
+        return frames.to(torch.float32) / 255.0, geometry
+    if geometry.policy == "pad64":
+        top, bottom, left, right = geometry.pad
+        x = frames.to(torch.float32) / 255.0
+        return F.pad(x, (left, right, top, bottom), mode="reflect"), geometry
+    if resize_filter == "pil-bicubic":
+        from .resample import resize_uint8
+
+        return resize_uint8(frames, geometry.processed, "bicubic").to(
+            torch.float32
+        ) / 255.0, geometry
+    paper = tuple(side // multiple * multiple for side in geometry.original)
+    x = F.interpolate(
+        frames.to(torch.float32) / 255.0,
+        size=geometry.processed,
+        mode="bilinear",
+        align_corners=False,
+        antialias=geometry.processed != paper,
+    ).clamp_(0.0, 1.0)
     return x, geometry
 
 
