@@ -3,12 +3,6 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from zsvss_nb.attention import AttentionController, decoder_attention
-from zsvss_nb.backbone import load_backbone
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 def _inputs(seed, n=3):

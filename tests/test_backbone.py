@@ -1,19 +1,9 @@
 import pytest
 import torch
 
-from zsvss_nb.backbone import (
-    LATENT_SCALE,
-    describe_spec,
-    load_backbone,
-    save_folder,
-    save_single_file,
-)
+from zsvss_nb.backbones import describe_spec, load_backbone
+from zsvss_nb.backbones.sd import LATENT_SCALE, save_folder, save_single_file
 from zsvss_nb.errors import ConfigError, IncompleteModelError, ModelNotFoundError
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 def _unet_out(backbone, seed=0):

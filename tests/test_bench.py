@@ -14,18 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from zsvss_nb import bench
-from zsvss_nb.backbone import load_backbone, native_bf16
+from zsvss_nb.backbones import native_bf16
+from zsvss_nb.backbones.sd.modulation import needed_pairs
+from zsvss_nb.backbones.sd.passes import prefix_modules
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.features import extract, prefix_modules
-from zsvss_nb.upsample import modulate, needed_pairs
+from zsvss_nb.features import extract
+from zsvss_nb.upsample import modulate
 
 B, S = 3, 128
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +247,10 @@ def test_torch_compile_option_runs_the_compiled_unet_built_once(tiny, feats, mon
         plain_calls = len(calls)
         first = _run(tiny, feats, torch_compile=True)
         second = _run(tiny, feats, torch_compile=True)
-        wrapper = tiny._compiled_unet
+        wrapper = tiny.compiled_unet
     finally:
         handle.remove()
-        tiny.__dict__.pop("_compiled_unet", None)
+        tiny.compiled_unet = None
     assert len(built) == 1 and built[0][0] is tiny.unet and built[0][1] == {"dynamic": True}
     # every modulation UNet call of both runs went through the compiled module
     assert plain_calls > 0 and wrapper.calls == 2 * plain_calls == len(calls) - plain_calls

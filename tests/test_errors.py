@@ -23,20 +23,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from zsvss_nb import errors as E
-from zsvss_nb.backbone import load_backbone, save_folder
+from zsvss_nb.backbones import load_backbone
+from zsvss_nb.backbones.sd import save_folder
 from zsvss_nb.cli import main
 from zsvss_nb.config import SegmentConfig
-from zsvss_nb.metrics import evaluate_folders
+from zsvss_nb.evaluate import evaluate_folders
 from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.video import geometry_for, open_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128  # max_side 128 -> processed 64x128, a 4x8 feature grid
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 def rgb_frames(n: int, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:

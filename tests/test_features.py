@@ -2,14 +2,10 @@ import pytest
 import torch
 
 from zsvss_nb.attention import decoder_attention
-from zsvss_nb.backbone import load_backbone
+from zsvss_nb.backbones.common import Schedule
+from zsvss_nb.backbones.sd.passes import cfg_embeddings
 from zsvss_nb.config import SegmentConfig
-from zsvss_nb.features import Schedule, cfg_embeddings, extract, normalise_tokens
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
+from zsvss_nb.features import extract, normalise_tokens
 
 
 def _frames(n=3, h=128, w=128, seed=0):

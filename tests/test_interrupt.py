@@ -22,7 +22,6 @@ import pytest
 import torch
 from PIL import Image
 
-from zsvss_nb.backbone import load_backbone
 from zsvss_nb.cli import main
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import DeviceOutOfMemoryError
@@ -162,11 +161,6 @@ def test_shard_splits_and_runs_are_byte_identical_and_seed_is_recorded(
 
 
 # ------------------------------------------------------------------------------ out of memory
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 def _oom(*args, **kwargs):

@@ -14,10 +14,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from zsvss_nb.backbone import SD21_TEXT, SD21_UNET, SD21_VAE, _tiny_tokenizer, load_backbone
+from zsvss_nb.backbones import load_backbone
+from zsvss_nb.backbones.sd import SD21_TEXT, SD21_UNET, SD21_VAE, tiny_tokenizer
+from zsvss_nb.backbones.sd.ldm import ldm_configs
 from zsvss_nb.cli import main
 from zsvss_nb.errors import IncompleteModelError
-from zsvss_nb.ldm import ldm_configs
 
 # SD 2.x-shaped, small: 64 channels per attention head, GroupNorm(32), linear projections,
 # two resnets per level, OpenCLIP text tower (one residual block more than is used).
@@ -239,7 +240,7 @@ def openclip_to_ldm(text, extra_block_seed: int = 7) -> dict[str, torch.Tensor]:
 
 
 def build_small(seed: int = 3):
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**SMALL_UNET).eval()

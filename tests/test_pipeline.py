@@ -9,18 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from zsvss_nb.backbone import load_backbone
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import LabelError
 from zsvss_nb.pipeline import FrameResult, Segmenter
 from zsvss_nb.video import open_video
 
 CAMVID = Path(__file__).resolve().parents[1] / "data" / "camvid" / "0016E5_15Hz"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
 
 
 def _synthetic(n: int, h: int = 128, w: int = 160) -> np.ndarray:

@@ -244,7 +244,7 @@ def test_pil_weights_upscale_bicubic_planted():
     "hw, out_hw", [((8, 8), (128, 128)), ((5, 7), (52, 28)), ((30, 20), (12, 9))]
 )
 def test_resize_float_lanczos_agrees_with_lanczos_upsample(hw, out_hw):
-    from zsvss_nb.upsample import lanczos_upsample
+    from zsvss_nb.ops import lanczos_upsample
 
     g = torch.Generator().manual_seed(hw[0])
     masks = (torch.rand(3, 2, *hw, generator=g) < 0.5).float()

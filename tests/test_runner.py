@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zsvss_nb import SegmentConfig, load_backbone
+from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, VideoItem, open_dataset
 from zsvss_nb.errors import ConfigError, LabelError
 from zsvss_nb.pipeline import Segmenter
@@ -27,6 +27,7 @@ from zsvss_nb.runner import (
     run_dataset,
     segment_video_item,
 )
+from zsvss_nb.writers import temp_path
 
 H, W = 128, 160
 LENGTHS = {"clip1": 4, "clip2": 5, "clip10": 4}  # natural order: clip1, clip2, clip10
@@ -71,8 +72,8 @@ def dataset(tmp_path_factory) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    return load_backbone("tiny", device="cpu")
+def backbone(tiny):
+    return tiny
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_resume_after_interruption_is_byte_identical(
     (out / "clip2").mkdir(parents=True)
     (out / "clip2" / DONE_FILE).write_text(json.dumps({"config_hash": key}))
     (out / "clip2" / "004.png").write_bytes(b"not a png")
-    (out / "clip2" / ".001.png.x1y2.tmp").write_bytes(b"half")
+    temp_path(out / "clip2" / "001.png").write_bytes(b"half")  # a killed write
 
     original = Segmenter.segment
     calls: list[str] = []

@@ -15,7 +15,7 @@ from diffusers import EulerDiscreteScheduler
 
 from zsvss_nb import svd
 from zsvss_nb.attention import AttentionController, decoder_attention
-from zsvss_nb.backbone import load_backbone
+from zsvss_nb.backbones import load_backbone
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError, IncompleteModelError
 from zsvss_nb.features import extract
@@ -29,26 +29,16 @@ CFG = SegmentConfig.paper_svd().replace(max_side=128, k=3, window=4)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny-svd", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sd_tiny():
-    return load_backbone("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def frames():
     return next(iter(open_video(CLIP).windows(4))).frames  # uint8 [4, 3, 360, 480]
 
 
 @pytest.fixture(scope="module")
-def feats(tiny, frames):
-    return extract(tiny, frames, CFG)
+def feats(tiny_svd, frames):
+    return extract(tiny_svd, frames, CFG)
 
 
-def _video_inputs(tiny, videos=1, num_frames=3, seed=0):
+def _video_inputs(tiny_svd, videos=1, num_frames=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(videos, num_frames, 4, 8, 8, generator=g)
     cond = svd.SvdConditioning(
@@ -61,7 +51,7 @@ def _video_inputs(tiny, videos=1, num_frames=3, seed=0):
 
 
 # -- schedule and noise level ---------------------------------------------------------------
-def test_edm_schedule_matches_closed_form_and_diffusers(tiny):
+def test_edm_schedule_matches_closed_form_and_diffusers(tiny_svd):
     n, lo, hi, rho = 25, 0.002, 700.0, 7.0
     loop = [
         (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
@@ -69,7 +59,7 @@ def test_edm_schedule_matches_closed_form_and_diffusers(tiny):
     ] + [0.0]
     ours = svd.edm_sigmas(n)
     assert torch.allclose(ours, torch.tensor(loop, dtype=torch.float64), rtol=1e-12)
-    sched = svd.svd_schedule(tiny, n)  # diffusers EulerDiscreteScheduler, SVD config
+    sched = svd.svd_schedule(tiny_svd, n)  # diffusers EulerDiscreteScheduler, SVD config
     assert torch.allclose(sched.sigmas.double(), ours, rtol=1e-5)
     assert sched.sigmas[17].item() == pytest.approx(1.2732, abs=1e-4)  # METHOD 1.2
     assert sched.sigmas[24].item() == pytest.approx(0.002, rel=1e-5)
@@ -100,13 +90,13 @@ def test_sampler_steps_match_diffusers_svd_pipeline():
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    tiny = svd.tiny_svd_backbone("cpu", torch.float64)
-    tiny.vae.double()
-    tiny.image_encoder.double()
+    tiny_svd = svd.tiny_svd_backbone("cpu", torch.float64)
+    tiny_svd.vae.double()
+    tiny_svd.image_encoder.double()
     pipe = StableVideoDiffusionPipeline(
-        vae=tiny.vae,
-        image_encoder=tiny.image_encoder,
-        unet=tiny.unet,
+        vae=tiny_svd.vae,
+        image_encoder=tiny_svd.image_encoder,
+        unet=tiny_svd.unet,
         scheduler=EulerDiscreteScheduler.from_config(svd.SVD_SCHEDULER_CONFIG),
         feature_extractor=CLIPImageProcessor(
             image_mean=list(svd.CLIP_MEAN), image_std=list(svd.CLIP_STD)
@@ -139,30 +129,30 @@ def test_sampler_steps_match_diffusers_svd_pipeline():
     )
     cfg = SegmentConfig.paper_svd().replace(cond_aug=0.0)
     with torch.inference_mode():
-        cond = svd.condition(tiny, rgb.permute(2, 0, 1)[None] / 255.0, 2, cfg, None)
-        sched = svd.svd_schedule(tiny, 25)
+        cond = svd.condition(tiny_svd, rgb.permute(2, 0, 1)[None] / 255.0, 2, cfg, None)
+        sched = svd.svd_schedule(tiny_svd, 25)
         for i in (17, 18, 24):
             s, s_next = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
-            den = svd.guided_denoised(tiny, after[i - 1], s, float(sched.timesteps[i]), cond)
+            den = svd.guided_denoised(tiny_svd, after[i - 1], s, float(sched.timesteps[i]), cond)
             ours = svd.euler_step(after[i - 1], den, s, s_next)
             assert torch.allclose(ours, after[i], atol=2e-4), i
 
 
-def test_noise_at_step_17_one_draw_per_window(tiny, frames):
+def test_noise_at_step_17_one_draw_per_window(tiny_svd, frames):
     cfg = CFG.replace(sample_posterior=False, method="bilinear")
-    res = svd.extract(tiny, frames, cfg)
+    res = svd.extract(tiny_svd, frames, cfg)
     assert res.sigma_start == pytest.approx(1.2732, abs=1e-4)
     gen = torch.Generator().manual_seed(cfg.features.seed)
-    z0 = tiny.encode(res.images, gen, sample=False).float()
+    z0 = tiny_svd.encode(res.images, gen, sample=False).float()
     torch.randn((1, *res.images.shape[1:]), generator=gen)  # the conditioning frame's noise
     eps = torch.randn(z0.shape, generator=gen)
     assert torch.allclose(res.z_start, z0 + res.sigma_start * eps, atol=1e-5)
-    again = svd.extract(tiny, frames, cfg)  # the seed is reset per window
+    again = svd.extract(tiny_svd, frames, cfg)  # the seed is reset per window
     assert torch.equal(again.z_start, res.z_start)
 
 
 # -- conditioning ---------------------------------------------------------------------------
-def test_conditioning_shapes_and_values(tiny, feats):
+def test_conditioning_shapes_and_values(tiny_svd, feats):
     cond = feats.conditioning
     h8, w8 = feats.z_start.shape[-2:]
     assert cond.image_embeds.shape == (1, 1, 32)
@@ -181,8 +171,8 @@ def test_conditioning_shapes_and_values(tiny, feats):
     x = feats.images[:1] * 2 - 1
     noise = torch.randn(x.shape, generator=gen)
     with torch.inference_mode():
-        mode = tiny.vae.encode(x + 0.02 * noise).latent_dist.mode()
-        built = svd.condition(tiny, feats.images[:1], 4, CFG, torch.Generator().manual_seed(1))
+        mode = tiny_svd.vae.encode(x + 0.02 * noise).latent_dist.mode()
+        built = svd.condition(tiny_svd, feats.images[:1], 4, CFG, torch.Generator().manual_seed(1))
     assert torch.allclose(built.latent, mode, atol=1e-5)
 
 
@@ -211,13 +201,13 @@ def test_antialiased_resize_matches_loop_reference():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_guidance_mixes_halves_per_frame(tiny):
-    z, cond = _video_inputs(tiny)
+def test_guidance_mixes_halves_per_frame(tiny_svd):
+    z, cond = _video_inputs(tiny_svd)
     sigma, t = 1.2732, 0.25 * math.log(1.2732)
     with torch.inference_mode():
-        guided = svd.guided_denoised(tiny, z, sigma, t, cond)
+        guided = svd.guided_denoised(tiny_svd, z, sigma, t, cond)
         only_c = svd.guided_denoised(
-            tiny,
+            tiny_svd,
             z,
             sigma,
             t,
@@ -226,7 +216,7 @@ def test_guidance_mixes_halves_per_frame(tiny):
             ),
         )
         only_u = svd.guided_denoised(
-            tiny,
+            tiny_svd,
             z,
             sigma,
             t,
@@ -244,31 +234,31 @@ def test_guidance_mixes_halves_per_frame(tiny):
 
 
 # -- hooks ----------------------------------------------------------------------------------
-def _unet(tiny, z, cond, sigma=1.2732):
+def _unet(tiny_svd, z, cond, sigma=1.2732):
     emb, lat, ids = cond.batch(z.shape[0], z.shape[1], torch.float32)
     x = torch.cat([z.repeat(2, 1, 1, 1, 1), lat], dim=2)
     with torch.inference_mode():
-        return tiny.unet(
+        return tiny_svd.unet(
             x, torch.tensor(0.25 * math.log(sigma)), encoder_hidden_states=emb, added_time_ids=ids
         ).sample
 
 
-def test_capture_equals_plain_hook(tiny, sd_tiny):
-    z, cond = _video_inputs(tiny)
-    plain = _unet(tiny, z, cond)
+def test_capture_equals_plain_hook(tiny_svd, tiny):
+    z, cond = _video_inputs(tiny_svd)
+    plain = _unet(tiny_svd, z, cond)
     seen = {}
-    spatial = tiny.unet.up_blocks[2].attentions[1].transformer_blocks[0].attn1
-    temporal = tiny.unet.up_blocks[1].attentions[2].temporal_transformer_blocks[0].attn1
-    assert decoder_attention(tiny.unet, 7, "attn1") is spatial
-    assert decoder_attention(tiny.unet, 5, "tattn1") is temporal
+    spatial = tiny_svd.unet.up_blocks[2].attentions[1].transformer_blocks[0].attn1
+    temporal = tiny_svd.unet.up_blocks[1].attentions[2].temporal_transformer_blocks[0].attn1
+    assert decoder_attention(tiny_svd.unet, 7, "attn1") is spatial
+    assert decoder_attention(tiny_svd.unet, 5, "tattn1") is temporal
     handles = [
         spatial.to_q.register_forward_hook(lambda m, i, o: seen.setdefault("q", o.clone())),
         temporal.to_k.register_forward_hook(lambda m, i, o: seen.setdefault("tk", o.clone())),
     ]
-    with AttentionController(tiny.unet, (5, 7), ("attn1", "tattn1")) as ctl:
+    with AttentionController(tiny_svd.unet, (5, 7), ("attn1", "tattn1")) as ctl:
         ctl.plan.step = 3
         ctl.plan.capture = {(7, "attn1", "q"): frozenset({3}), (5, "tattn1", "k"): frozenset({3})}
-        hooked = _unet(tiny, z, cond)
+        hooked = _unet(tiny_svd, z, cond)
         stored = dict(ctl.stored)
     for h in handles:
         h.remove()
@@ -278,33 +268,33 @@ def test_capture_equals_plain_hook(tiny, sd_tiny):
     assert tk.shape[0] == 2 and tk.shape[2] == 3  # [CFG half, tokens, frame, C]
     assert torch.equal(q.flatten(0, 1), seen["q"]) and torch.equal(tk.flatten(0, 1), seen["tk"])
     with pytest.raises(ValueError, match="temporal"):
-        decoder_attention(sd_tiny.unet, 7, "tattn1")
+        decoder_attention(tiny.unet, 7, "tattn1")
 
 
-def test_temporal_injection_is_replayed_per_video(tiny):
-    z_a, cond = _video_inputs(tiny, videos=1, seed=1)
-    z_b, _ = _video_inputs(tiny, videos=2, seed=2)
+def test_temporal_injection_is_replayed_per_video(tiny_svd):
+    z_a, cond = _video_inputs(tiny_svd, videos=1, seed=1)
+    z_b, _ = _video_inputs(tiny_svd, videos=2, seed=2)
     keys = {(b, "tattn1", kind): frozenset({0}) for b in range(3, 12) for kind in ("q", "k")}
-    with AttentionController(tiny.unet, range(3, 12), ("tattn1",)) as ctl:
+    with AttentionController(tiny_svd.unet, range(3, 12), ("tattn1",)) as ctl:
         ctl.plan.step = 0
         ctl.plan.capture = keys
-        _unet(tiny, z_a, cond)
+        _unet(tiny_svd, z_a, cond)
         stored_a = dict(ctl.stored)
         ctl.stored.clear()
         ctl.plan.inject = stored_a
-        injected = _unet(tiny, z_b, cond)
+        injected = _unet(tiny_svd, z_b, cond)
         stored_b = dict(ctl.stored)
     for key, a in stored_a.items():
         b = stored_b[key].unflatten(1, (2, -1))  # [half, video, tokens, F, C]
         assert torch.equal(b[:, 0], a) and torch.equal(b[:, 1], a)
-    assert not torch.allclose(injected, _unet(tiny, z_b, cond), atol=1e-4)
+    assert not torch.allclose(injected, _unet(tiny_svd, z_b, cond), atol=1e-4)
 
 
-def test_modulation_layout_spatial_and_temporal(tiny):
+def test_modulation_layout_spatial_and_temporal(tiny_svd):
     n, frames, tokens = 2, 3, 16
     g = torch.Generator().manual_seed(5)
     mask = (torch.rand(n * frames, tokens, generator=g) > 0.5).float()
-    with AttentionController(tiny.unet, (8,), ("attn1", "tattn1")) as ctl:
+    with AttentionController(tiny_svd.unet, (8,), ("attn1", "tattn1")) as ctl:
         ctl.plan.step = 17
         ctl.plan.modulation_layer = ("attn1", "tattn1")
         ctl.plan.modulation_steps = frozenset({17})
@@ -323,19 +313,19 @@ def test_modulation_layout_spatial_and_temporal(tiny):
                     want_s[(half * n + v) * frames + f, t] = value
                     want_t[(half * n + v) * tokens + t, f] = value
     assert torch.equal(spatial, want_s) and torch.equal(temporal, want_t)
-    z, cond = _video_inputs(tiny, videos=n, num_frames=frames)
-    base = _unet(tiny, z, cond)
+    z, cond = _video_inputs(tiny_svd, videos=n, num_frames=frames)
+    base = _unet(tiny_svd, z, cond)
     for layers in (("attn1",), ("tattn1",)):
-        with AttentionController(tiny.unet, (8,), layers) as ctl:
+        with AttentionController(tiny_svd.unet, (8,), layers) as ctl:
             ctl.plan.step = 17
             ctl.plan.modulation_layer = layers
             ctl.plan.modulation_steps = frozenset({17})
             ctl.plan.modulation = {8: 50.0 * mask}
-            assert not torch.allclose(_unet(tiny, z, cond), base, atol=1e-3)
+            assert not torch.allclose(_unet(tiny_svd, z, cond), base, atol=1e-3)
 
 
 # -- stages 1 and 3 -------------------------------------------------------------------------
-def test_extract_shapes_and_caches(feats, tiny, frames):
+def test_extract_shapes_and_caches(feats, tiny_svd, frames):
     assert isinstance(feats, svd.SvdFeatureResult)
     assert feats.features.shape == (4, 4, 8, 32)  # 480x360 -> 128x64 -> H/16
     assert torch.allclose(feats.features.abs().amax(-1), torch.ones(4, 4, 8))  # L-inf
@@ -348,48 +338,48 @@ def test_extract_shapes_and_caches(feats, tiny, frames):
     assert feats.cache[(17, 8, "tattn1", "q")].shape == (2, 32, 4, 32)
     assert feats.cache[(24, 3, "tattn1", "k")].shape == (2, 8, 4, 32)  # H/32: 2 x 4 tokens
     assert feats.unet_evals == 8 * 2 * 4
-    direct = svd.extract(tiny, frames, CFG, keep_cache=False)  # features.extract dispatches
+    direct = svd.extract(tiny_svd, frames, CFG, keep_cache=False)  # features.extract dispatches
     assert torch.equal(direct.features, feats.features) and not direct.cache
 
 
-def test_modulation_labels_blending_and_batching(tiny, feats):
+def test_modulation_labels_blending_and_batching(tiny_svd, feats):
     coarse = torch.zeros(4, 4, 8, dtype=torch.long)
     coarse[1:, 2:, :2] = 7  # class 7 absent from frame 0
-    up = modulate(tiny, feats, coarse, CFG)  # upsample.modulate dispatches to svd.modulate
+    up = modulate(tiny_svd, feats, coarse, CFG)  # upsample.modulate dispatches to svd.modulate
     assert up.labels.shape == (4, 360, 480)
     assert set(up.labels.unique().tolist()) <= {0, 7}
     assert up.diff.shape == (2, 4, 64, 128) and up.raw_labels.shape == (4, 360, 480)
     assert up.diff[1, 0].abs().max() == 0  # skipped: mask of class 7 empty in frame 0
     assert up.vae_decodes == 2 * 4 + 2 * 3
-    one = svd.modulate(tiny, feats, coarse, CFG.replace(modulation_batch=4, skip_empty=False))
+    one = svd.modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=4, skip_empty=False))
     # blending after every step resets frame 0 outside class 7's (empty) mask: exactly D = 0
     assert one.diff[1, 0].abs().max() == 0 and one.vae_decodes == 4 * 4
-    two = svd.modulate(tiny, feats, coarse, CFG.replace(modulation_batch=8))  # 2 videos / call
+    two = svd.modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=8))  # 2 videos / call
     # float32 kernels differ with the batch size and the random tiny UNet amplifies the rounding:
     # on an AVX2-only CPU the maps differ by 2e-3 on average (6e-2 at worst), 99.9 % labels agree
     assert float((one.diff - two.diff).abs().mean()) < 5e-3
     assert (one.labels == two.labels).float().mean() > 0.995
-    # 4 videos per call pick other float32 kernels; the random tiny UNet amplifies the rounding
+    # 4 videos per call pick other float32 kernels; the random tiny_svd UNet amplifies the rounding
     assert (one.labels == up.labels).float().mean() > 0.99
     assert up.unet_evals == one.unet_evals == 4 * 8 * 4 * 2
     with pytest.raises(ConfigError, match="caches"):
-        svd.modulate(tiny, dataclasses.replace(feats, cache={}), coarse, CFG)
+        svd.modulate(tiny_svd, dataclasses.replace(feats, cache={}), coarse, CFG)
 
 
-def test_decode_frame_by_frame_or_whole_window(tiny, feats):
+def test_decode_frame_by_frame_or_whole_window(tiny_svd, feats):
     z = feats.latents[24]
-    single = svd.decode(tiny, z, 1)
-    alone = torch.cat([svd.decode(tiny, z[i : i + 1], 1) for i in range(4)])
+    single = svd.decode(tiny_svd, z, 1)
+    alone = torch.cat([svd.decode(tiny_svd, z[i : i + 1], 1) for i in range(4)])
     assert single.shape == (4, 3, 64, 128) and torch.allclose(single, alone, atol=1e-5)
-    assert torch.allclose(tiny.decode(z), single, atol=1e-5)  # Backbone.decode: frame by frame
-    whole = svd.decode(tiny, z, 0)  # the temporal decoder sees the 4 frames together
+    assert torch.allclose(tiny_svd.decode(z), single, atol=1e-5)  # Backbone.decode: frame by frame
+    whole = svd.decode(tiny_svd, z, 0)  # the temporal decoder sees the 4 frames together
     assert whole.shape == single.shape and not torch.allclose(whole, single, atol=1e-4)
-    assert torch.allclose(svd.decode(tiny, z, 2)[:2], svd.decode(tiny, z[:2], 0), atol=1e-5)
+    assert torch.allclose(svd.decode(tiny_svd, z, 2)[:2], svd.decode(tiny_svd, z[:2], 0), atol=1e-5)
 
 
-def test_segmenter_end_to_end(tiny):
+def test_segmenter_end_to_end(tiny_svd):
     video = open_video(sorted(CLIP.iterdir())[:4])
-    results = list(Segmenter(tiny, CFG).segment(video, progress=False))
+    results = list(Segmenter(tiny_svd, CFG).segment(video, progress=False))
     assert [r.index for r in results] == [0, 1, 2, 3]
     assert all(r.labels.shape == (360, 480) for r in results)
     assert len(torch.cat([r.labels.unique() for r in results]).unique()) <= 3
@@ -434,23 +424,23 @@ def test_cli_segment_paper_svd(tmp_path):
 
 
 # -- loading and config ---------------------------------------------------------------------
-def test_folder_and_single_file_round_trip(tiny, tmp_path):
-    z, cond = _video_inputs(tiny)
-    ref = _unet(tiny, z, cond)
-    svd.save_svd_folder(tiny, tmp_path / "svd")
+def test_folder_and_single_file_round_trip(tiny_svd, tmp_path):
+    z, cond = _video_inputs(tiny_svd)
+    ref = _unet(tiny_svd, z, cond)
+    svd.save_svd_folder(tiny_svd, tmp_path / "svd")
     folder = load_backbone(tmp_path / "svd", device="cpu")
     assert folder.kind == "svd" and folder.identity["format"] == "diffusers"
     assert torch.allclose(_unet(folder, z, cond), ref, atol=1e-6)
-    path = svd.save_svd_single_file(tiny, tmp_path / "svd.safetensors")
+    path = svd.save_svd_single_file(tiny_svd, tmp_path / "svd.safetensors")
     single = load_backbone(path, device="cpu")
     assert single.kind == "svd" and single.identity["format"] == "single-file"
     assert torch.allclose(_unet(single, z, cond), ref, atol=1e-6)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.inference_mode():
         assert torch.allclose(
-            svd.clip_image_embedding(single, x), svd.clip_image_embedding(tiny, x), atol=1e-6
+            svd.clip_image_embedding(single, x), svd.clip_image_embedding(tiny_svd, x), atol=1e-6
         )
-    assert single.fingerprint() != tiny.fingerprint()  # file hash vs parameter hash
+    assert single.fingerprint() != tiny_svd.fingerprint()  # file hash vs parameter hash
     shutil.rmtree(tmp_path / "svd" / "image_encoder")
     with pytest.raises(IncompleteModelError, match="lacks image_encoder"):
         load_backbone(tmp_path / "svd", device="cpu")
@@ -498,8 +488,8 @@ def test_cross_frame_similarity_matches_loop():
             assert out[i, j].item() == pytest.approx(sum(best) / 6, abs=1e-5)
 
 
-def test_compare_features_side_by_side(tiny, sd_tiny, frames):
-    views = svd.compare_features({"SD": sd_tiny, "SVD": tiny}, frames, max_side=128)
+def test_compare_features_side_by_side(tiny_svd, tiny, frames):
+    views = svd.compare_features({"SD": tiny, "SVD": tiny_svd}, frames, max_side=128)
     assert [v.kind for v in views.values()] == ["sd", "svd"]
     for view in views.values():
         assert view.pca.shape == (4, 4, 8, 3) and view.query.shape == (4, 4, 8)

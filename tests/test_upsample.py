@@ -15,22 +15,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import zsvss_nb.upsample as up_mod
-from zsvss_nb.backbone import Backbone, load_backbone
+import zsvss_nb.backbones.sd.modulation as sd_mod
+from zsvss_nb import ops
+from zsvss_nb.backbones.base import Backbone
+from zsvss_nb.backbones.sd.modulation import plan_triples
 from zsvss_nb.config import SegmentConfig, UpsampleConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
+from zsvss_nb.ops import difference_maps, gaussian_blur, lanczos_upsample
 from zsvss_nb.resample import jpeg_roundtrip
 from zsvss_nb.upsample import (
     bilateral_labels,
     bilinear_labels,
-    difference_maps,
-    gaussian_blur,
     joint_bilateral_scores,
-    lanczos_upsample,
     modulate,
     nearest_labels,
-    plan_triples,
     upsample,
 )
 from zsvss_nb.video import Geometry
@@ -66,11 +65,6 @@ def _mask_px(c: int, f: int, side: int = S) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_backbone("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def feats(tiny):
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (B, 3, S, S), generator=g, dtype=torch.uint8)
@@ -88,7 +82,7 @@ def run(tiny, feats):
         if key in cache:
             return cache[key]
         eps_inputs, decoded = [], []
-        orig_eps, orig_decode = up_mod.unet_eps, tiny.decode
+        orig_eps, orig_decode = sd_mod.unet_eps, tiny.decode
 
         def eps_spy(backbone, z, *args, **kwargs):
             eps_inputs.append(z.clone())
@@ -98,14 +92,14 @@ def run(tiny, feats):
             decoded.append(latents.clone())
             return orig_decode(latents, dtype=dtype)
 
-        up_mod.unet_eps, tiny.decode = eps_spy, decode_spy
+        sd_mod.unet_eps, tiny.decode = eps_spy, decode_spy
         try:
             cls = None if classes is None else torch.tensor(classes)
             cfg = SegmentConfig.tiny()
             cfg = cfg.replace(upsample=cfg.upsample.replace(**changes))
             result = modulate(tiny, feats, _coarse(), cfg, cls)
         finally:
-            up_mod.unet_eps = orig_eps
+            sd_mod.unet_eps = orig_eps
             del tiny.decode  # back to the class's method
         cache[key] = (result, eps_inputs, torch.cat(decoded) if decoded else None)
         return cache[key]
@@ -119,7 +113,7 @@ SUB = (7, 9)
 
 
 def _triples(classes=SUB, skip_empty: bool = True) -> torch.Tensor:
-    return plan_triples(up_mod.one_hot_maps(_coarse(), torch.tensor(classes)) > 0, skip_empty)
+    return plan_triples(ops.one_hot_maps(_coarse(), torch.tensor(classes)) > 0, skip_empty)
 
 
 def _latent_masks(triples: torch.Tensor, classes=SUB) -> torch.Tensor:
@@ -228,7 +222,7 @@ def test_output_raw_and_filtered(run):
     assert torch.equal(raw.labels, raw.raw_labels)
     # recompute both outputs from the normalised maps (the geometry is the identity here)
     classes = torch.tensor(SUB)
-    upm = lanczos_upsample(up_mod.one_hot_maps(_coarse(), classes), (S, S)).clamp(0, 1)
+    upm = lanczos_upsample(ops.one_hot_maps(_coarse(), classes), (S, S)).clamp(0, 1)
     filt = base.diff * (upm + 0.7 * (1 - upm))
     evidence = base.diff.amax(0) > 0
     assert torch.equal(base.labels[evidence], classes[filt.argmax(0)][evidence])
@@ -344,13 +338,13 @@ def test_paper_compat_truncates_the_blurred_map():
 def test_filter_weights_paper_compat_is_pils_lanczos_of_the_mask_png():
     g = torch.Generator().manual_seed(4)
     masks = (torch.rand(3, 2, 7, 13, generator=g) > 0.5).float()
-    got = up_mod.filter_weights(masks, (112, 208), paper_compat=True)
+    got = ops.filter_weights(masks, (112, 208), paper_compat=True)
     for k in range(3):
         for f in range(2):
             png = Image.fromarray((masks[k, f].numpy() * 255).astype(np.uint8))
             want = np.array(png.resize((208, 112), Image.LANCZOS))
             np.testing.assert_array_equal((got[k, f] * 255).round().byte().numpy(), want)
-    default = up_mod.filter_weights(masks, (112, 208), paper_compat=False)
+    default = ops.filter_weights(masks, (112, 208), paper_compat=False)
     assert default.min() >= 0 and default.max() <= 1
     assert not torch.equal((default * 255).round(), (got * 255).round())  # no inter-pass clip
 

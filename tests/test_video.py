@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zsvss_nb import video as V
+from zsvss_nb import decoders as D
+from zsvss_nb.datasets import natural_key
 from zsvss_nb.errors import (
     ConfigError,
     EmptyVideoError,
@@ -103,7 +104,7 @@ def test_folder_natural_order_ignores_other_files(tmp_path: Path) -> None:
 
 def test_natural_key_on_dataset_style_names() -> None:
     names = ["f10", "f9", "0006R0_f01800", "0006R0_f00930", "g1", "f010"]
-    ordered = sorted(names, key=V._natural_key)
+    ordered = sorted(names, key=natural_key)
     assert ordered == ["0006R0_f00930", "0006R0_f01800", "f9", "f010", "f10", "g1"]
 
 
@@ -158,8 +159,8 @@ def test_array_input_errors() -> None:
 def test_mp4_decord_and_pyav_agree(mp4: tuple[Path, np.ndarray]) -> None:
     path, original = mp4
     with open_video(path, backend="decord") as a, open_video(path, backend="pyav") as b:
-        assert type(a._reader).__name__ == "_DecordReader"
-        assert type(b._reader).__name__ == "_PyAVReader"
+        assert type(a._reader).__name__ == "DecordReader"
+        assert type(b._reader).__name__ == "PyAVReader"
         assert len(a) == len(b) == 20 and a.size == b.size == (128, 96)
         assert a.fps == pytest.approx(10) and b.fps == pytest.approx(10)
         assert a.names[:2] == ["00000", "00001"]
@@ -185,15 +186,15 @@ def test_pyav_fallback_when_decord_missing_or_failing(
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "decord", None)  # "import decord" now raises ImportError
         with open_video(path) as video:
-            assert type(video._reader).__name__ == "_PyAVReader"
+            assert type(video._reader).__name__ == "PyAVReader"
             assert (video.read(range(20)).int() - want.int()).abs().max() <= 2
 
     def broken(self: object, path: Path) -> None:
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr(V._DecordReader, "__init__", broken)
+    monkeypatch.setattr(D.DecordReader, "__init__", broken)
     with open_video(path) as video:
-        assert type(video._reader).__name__ == "_PyAVReader"
+        assert type(video._reader).__name__ == "PyAVReader"
         got = torch.cat([w.frames[w.is_new] for w in video.windows(6)])
     assert (got.int() - want.int()).abs().max() <= 2
 
@@ -236,13 +237,13 @@ def test_windows_cover_each_frame_once(n: int, monkeypatch: pytest.MonkeyPatch) 
     frames = synthetic_frames(n, 64, 64)
     video = open_video(frames)
     reads: list[list[int]] = []
-    real_read = V._ArrayReader.read
+    real_read = D.ArrayReader.read
 
-    def counting_read(self: V._ArrayReader, indices: list[int]) -> torch.Tensor:
+    def counting_read(self: D.ArrayReader, indices: list[int]) -> torch.Tensor:
         reads.append(list(indices))
         return real_read(self, indices)
 
-    monkeypatch.setattr(V._ArrayReader, "read", counting_read)
+    monkeypatch.setattr(D.ArrayReader, "read", counting_read)
     gen = video.windows(14)
     assert reads == []  # nothing is read before the first window is asked for
     windows = []
@@ -281,13 +282,13 @@ def test_folder_windows_decode_only_their_files(
     for i in range(9):
         save_png(tmp_path / f"{i:05d}.png", i)
     decoded: list[str] = []
-    real_load = V._load_rgb
+    real_load = D.load_rgb
 
     def counting_load(path: Path) -> np.ndarray:
         decoded.append(path.stem)
         return real_load(path)
 
-    monkeypatch.setattr(V, "_load_rgb", counting_load)
+    monkeypatch.setattr(D, "load_rgb", counting_load)
     with open_video(tmp_path) as video:
         assert decoded == []  # opening reads headers only
         gen = video.windows(4)
@@ -357,7 +358,7 @@ def test_float_image_mode_refused() -> None:
     float_img = Image.fromarray(np.zeros((8, 10), np.float32))
     assert float_img.mode == "F"  # no known range, so no safe 8-bit conversion
     with pytest.raises(UnsupportedImageError, match="mode F"):
-        V._to_rgb(float_img, "x")
+        D.to_rgb(float_img, "x")
 
 
 def test_mixed_sizes_are_refused_at_open_without_decoding(
@@ -371,7 +372,7 @@ def test_mixed_sizes_are_refused_at_open_without_decoding(
     def no_decoding(path: Path) -> np.ndarray:
         raise AssertionError("pixels decoded at open time")
 
-    monkeypatch.setattr(V, "_load_rgb", no_decoding)
+    monkeypatch.setattr(D, "load_rgb", no_decoding)
     with pytest.raises(FrameSizeError) as err:
         open_video(tmp_path)
     assert_one_line_naming(err, "00002.png")

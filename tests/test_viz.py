@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -487,3 +492,66 @@ def test_show_images_sizes_the_figure_by_the_aspect_ratio() -> None:
     np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), panels[2])
     with pytest.raises(InputError):
         viz.show_images([])
+
+
+def test_cross_frame_similarity_and_matrices_figure() -> None:
+    feats = torch.randn(3, 2, 4, 5, generator=torch.Generator().manual_seed(0))
+    sim = viz.cross_frame_similarity(feats)
+    assert sim.shape == (3, 3)
+    torch.testing.assert_close(torch.diagonal(sim), torch.ones(3))
+    fig = viz.show_similarity_matrices({"A": feats, "B": feats[:2]})
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 + 1  # two heat maps and a colour bar
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), sim.numpy())
+
+
+# ----------------------------------------------------------------------------- import side effects
+
+
+def _run_fresh(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (no MPLBACKEND, no display) importing this checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY")}
+    env.pop("WAYLAND_DISPLAY", None)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    check = f"import zsvss_nb; assert zsvss_nb.__file__.startswith({root!r}), zsvss_nb.__file__\n"
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code) + check],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_viz_and_colors_import_without_matplotlib() -> None:
+    _run_fresh(
+        """
+        import sys
+        import zsvss_nb.viz
+        import zsvss_nb.viz.colors
+        from zsvss_nb.viz import colorize, overlay_panel, palette
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
+        assert not loaded, loaded
+        """
+    )
+
+
+def test_viz_import_and_figures_leave_the_backend_alone(tmp_path) -> None:
+    _run_fresh(
+        f"""
+        import sys
+        import matplotlib
+        import numpy as np
+
+        before = dict.__getitem__(matplotlib.rcParams, "backend")
+        from zsvss_nb import viz
+
+        fig = viz.show_frames(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+        paths = viz.save_figure(fig, {str(tmp_path / "fig")!r}, formats=("png", "pdf"))
+        assert [p.stat().st_size > 0 for p in paths] == [True, True]
+        with viz.publication_style():
+            viz.plot_per_class_iou([0.5])
+        assert "matplotlib.pyplot" not in sys.modules
+        assert dict.__getitem__(matplotlib.rcParams, "backend") is before
+        """
+    )

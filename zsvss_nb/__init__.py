@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_backbone": ("backbone", "load_backbone"),
-    "Backbone": ("backbone", "Backbone"),
+    "load_backbone": ("backbones", "load_backbone"),
+    "Backbone": ("backbones.base", "Backbone"),
     "open_video": ("video", "open_video"),
     "Video": ("video", "Video"),
     "Segmenter": ("pipeline", "Segmenter"),
@@ -26,7 +26,8 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from .backbone import Backbone, load_backbone
+    from .backbones import load_backbone
+    from .backbones.base import Backbone
     from .config import (
         ContextConfig,
         FeatureConfig,

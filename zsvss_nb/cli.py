@@ -124,7 +124,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .backbone import load_backbone
+    from .backbones import load_backbone
     from .pipeline import Segmenter
     from .video import open_video
 
@@ -162,7 +162,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from .backbone import load_backbone
+    from .backbones import load_backbone
     from .datasets import open_dataset
     from .runner import local_device, run_dataset
 
@@ -194,7 +194,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .metrics import evaluate_folders
+    from .evaluate import evaluate_folders
 
     result = evaluate_folders(
         args.pred,
@@ -225,7 +225,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .backbone import default_device, describe_spec
+    from .backbones import describe_spec
+    from .backbones.common import default_device
 
     def version(name: str) -> str:
         try:

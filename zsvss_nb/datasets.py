@@ -138,8 +138,10 @@ class Dataset:
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
-    """Sort key that orders digit runs numerically ("f2" < "f10")."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text))
+    """Sort key in which digit runs compare as numbers ("f2" < "f10"), case-insensitively,
+    with the name itself as the tie-break so the order never depends on directory order."""
+    parts = re.split(r"(\d+)", text)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)) + (text,)
 
 
 def load_gt(path: str | os.PathLike[str], binary: bool | None = None) -> np.ndarray:

@@ -52,7 +52,7 @@ class VideoWorker:
         use_first_frame_gt: bool = False,
         resume: bool = False,
     ) -> None:
-        from .backbone import load_backbone
+        from .backbones import load_backbone
         from .runner import config_hash
 
         self.dataset = dataset
@@ -247,7 +247,8 @@ def _write_manifest(
     ray_version: str,
 ) -> None:
     """``out/run_manifest_ray.json``: the Ray run's config, model spec and per-video summaries."""
-    from .runner import atomic_write_json, versions
+    from .provenance import versions
+    from .writers import atomic_write_json
 
     atomic_write_json(
         out / "run_manifest_ray.json",

@@ -16,30 +16,27 @@
 
 All kernels are numpy, vectorised over pixels (bincount; mVC sweeps the frames once); torch
 tensors are accepted and moved to the CPU. Results are fractions in [0, 1];
-:meth:`EvalResult.table` shows percent.
+:meth:`EvalResult.table` shows percent. Prediction folders, in-memory runs and notebook
+reports are in :mod:`zsvss_nb.evaluate`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from scipy.optimize import linear_sum_assignment
 
-from .datasets import Dataset, open_dataset
-from .errors import ConfigError, LabelError, PredictionMissingError
+from .errors import ConfigError, LabelError
 
 PROTOCOLS = ("first-frame", "hungarian", "majority")
 
 
-def _ids(x: Any) -> np.ndarray:
+def as_ids(x: Any) -> np.ndarray:
     """An id map (numpy array, torch tensor or nested list) as an int64 numpy array."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -65,7 +62,7 @@ class ConfusionMatrix:
 
     def update(self, pred: Any, gt: Any) -> ConfusionMatrix:
         """Add one frame (or any batch) of ids: ``pred``, ``gt`` of the same shape."""
-        p, g = _ids(pred), _ids(gt)
+        p, g = as_ids(pred), as_ids(gt)
         if p.shape != g.shape:
             raise LabelError(f"prediction shape {p.shape} differs from GT shape {g.shape}")
         c = self.num_classes
@@ -160,13 +157,13 @@ def clip_consistency_multi(
     out = {n: np.full(max(total - n, 0), np.nan) for n in ns}
     if not ns or total <= min(ns):
         return out
-    g_prev, p_prev = _ids(gts[0]), _ids(preds[0])
+    g_prev, p_prev = as_ids(gts[0]), as_ids(preds[0])
     if p_prev.shape != g_prev.shape:
         raise LabelError(f"frame 0: prediction shape {p_prev.shape} != GT shape {g_prev.shape}")
     g_change = np.zeros(g_prev.shape, dtype=np.int32)
     p_change = np.zeros(g_prev.shape, dtype=np.int32)
     for t in range(1, total - 1):
-        g, p = _ids(gts[t]), _ids(preds[t])
+        g, p = as_ids(gts[t]), as_ids(preds[t])
         if p.shape != g.shape or g.shape != g_prev.shape:
             raise LabelError(
                 f"frame {t}: prediction shape {p.shape} / GT shape {g.shape} differ from "
@@ -264,8 +261,8 @@ def map_hungarian(
     unmatched (or matched with zero overlap) map to ``num_classes``, which always counts wrong.
     Negative ids are never matched (they count wrong too).
     """
-    preds = [_ids(p) for p in pred_frames]
-    gts = [_ids(g) for g in gt_frames]
+    preds = [as_ids(p) for p in pred_frames]
+    gts = [as_ids(g) for g in gt_frames]
     if len(preds) != len(gts):
         raise LabelError(f"{len(preds)} predicted frames but {len(gts)} GT frames")
     top = max((int(p.max(initial=-1)) for p in preds), default=-1)
@@ -287,7 +284,7 @@ def map_majority_frame(
     Ties go to the lower class id; ids that overlap no counted GT pixel, and negative ids, map
     to ``num_classes`` (wrong).
     """
-    p, g = _ids(pred), _ids(gt)
+    p, g = as_ids(pred), as_ids(gt)
     ids, overlap = _overlap([p], [g], num_classes, ignore_index)
     lut = np.full(int(p.max(initial=-1)) + 1, num_classes, dtype=np.int64)
     lut[ids] = overlap.argmax(1)
@@ -307,14 +304,14 @@ def apply_protocol(
     if len(pred_frames) != len(gt_frames):
         raise LabelError(f"{len(pred_frames)} predicted frames but {len(gt_frames)} GT frames")
     if name == "first-frame":
-        return [_ids(p) for p in pred_frames]
+        return [as_ids(p) for p in pred_frames]
     if name == "majority":
         return [
             map_majority_frame(p, g, num_classes, ignore_index)
             for p, g in zip(pred_frames, gt_frames, strict=True)
         ]
     lut = map_hungarian(pred_frames, gt_frames, num_classes, ignore_index)
-    return [_remap(_ids(p), lut, num_classes) for p in pred_frames]
+    return [_remap(as_ids(p), lut, num_classes) for p in pred_frames]
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -434,8 +431,8 @@ def evaluate(
         idx = [i for i, g in enumerate(gts) if g is not None]
         if not idx:
             continue
-        p = [_ids(preds[i]) if preds[i] is not None else None for i in idx]
-        g = [_ids(gts[i]) for i in idx]
+        p = [as_ids(preds[i]) if preds[i] is not None else None for i in idx]
+        g = [as_ids(gts[i]) for i in idx]
         for i, a, b in zip(idx, p, g, strict=True):
             if a is None:
                 raise LabelError(f"video {name!r} frame {i}: GT present but prediction is None")
@@ -467,325 +464,25 @@ def evaluate(
     )
 
 
-def load_prediction(path: str | os.PathLike[str]) -> np.ndarray:
-    """Predicted ids from a PNG (mode L, P or I): [H, W] int64; palette PNGs give indices."""
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise LabelError(f"{p}: prediction is mode {im.mode}; expected id PNG (L/P/I)")
-            return np.array(im).astype(np.int64)
-    except FileNotFoundError as e:
-        raise PredictionMissingError(f"{p}: prediction file does not exist") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise LabelError(f"{p}: cannot read prediction image ({e})") from e
+# Deprecated import path, kept for one release: the prediction-folder I/O and the reports moved
+# to zsvss_nb.evaluate and segment_dataset to zsvss_nb.runner. Resolved on first access (a
+# plain import here would be a cycle: evaluate imports this module).
+_MOVED = {
+    "load_prediction": "evaluate",
+    "evaluate_folders": "evaluate",
+    "label_change_fraction": "evaluate",
+    "flicker_rate": "evaluate",
+    "VideoPrediction": "evaluate",
+    "Markdown": "evaluate",
+    "ResultTable": "evaluate",
+    "evaluate_protocols": "evaluate",
+    "segment_dataset": "runner",
+}
 
 
-def evaluate_folders(
-    pred_root: str | os.PathLike[str],
-    dataset_or_gt_root: Dataset | str | os.PathLike[str],
-    fmt: str | None = None,
-    protocol: str = "first-frame",
-    num_classes: int | None = None,
-    ignore_index: int | None = None,
-    split: str | None = None,
-    vc_ns: Sequence[int] = (8, 16),
-    strict_ids: bool | None = None,
-) -> EvalResult:
-    """Score predictions ``pred_root/<video>/<frame stem>.png`` against a dataset's GT.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    ``dataset_or_gt_root`` is an opened :class:`Dataset` or a root opened with ``fmt``/``split``.
-    ``num_classes``/``ignore_index`` override the dataset's. Every labelled frame needs a
-    prediction: all are checked before any is read (PredictionMissingError names the video and its
-    first missing frame). Videos without GT are skipped. With ``strict_ids`` a GT id outside
-    [0, num_classes) that is not the ignore id is a LabelError naming the file and the id (a
-    wrong ``num_classes`` or ignore id would otherwise drop those pixels silently); False keeps
-    the official evaluator's behaviour of not counting them. The default (None) is strict for
-    every format but VSPW, whose official evaluator counts only GT ids in [0, 124) by design.
-    """
-    root = Path(pred_root)
-    if isinstance(dataset_or_gt_root, Dataset):
-        ds = dataset_or_gt_root
-    else:
-        if fmt is None:
-            raise ConfigError(
-                "evaluate_folders needs fmt when given a GT root instead of a Dataset"
-            )
-        ds = open_dataset(fmt, dataset_or_gt_root, split)
-    if strict_ids is None:
-        strict_ids = ds.name != "vspw"
-    c = ds.num_classes if num_classes is None else num_classes
-    ign = ds.ignore_index if ignore_index is None else ignore_index
-    if c < 1:
-        raise ConfigError(f"{ds.root}: dataset has no classes; pass num_classes")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
-    jobs = []
-    for v in ds.videos:
-        names = v.frame_names
-        if not any(s in v.labels for s in names):
-            continue
-        folder = root / v.name
-        missing = [s for s in names if s in v.labels and not (folder / f"{s}.png").is_file()]
-        if missing:
-            raise PredictionMissingError(
-                f"{folder}: video {v.name!r} lacks predictions for {len(missing)} labelled "
-                f"frame(s), first {missing[0]}.png"
-            )
-        jobs.append((v, folder, names))
-
-    def videos() -> Iterator[tuple[str, list[Any], list[Any]]]:
-        for v, folder, names in jobs:
-            preds: list[Any] = []
-            gts: list[Any] = []
-            for s in names:
-                if s not in v.labels:
-                    preds.append(None)
-                    gts.append(None)
-                    continue
-                pred = load_prediction(folder / f"{s}.png")
-                gt = ds.read_label(v.labels[s])
-                if strict_ids:
-                    unknown = gt[(gt < 0) | (gt >= c)]
-                    unknown = unknown[unknown != ign] if ign is not None else unknown
-                    if unknown.size:
-                        raise LabelError(
-                            f"{v.labels[s]}: GT id {int(unknown[0])} is outside the class range "
-                            f"0..{c - 1} and is not the ignore id {ign} (set num_classes or "
-                            "ignore_index)"
-                        )
-                if pred.shape != gt.shape:
-                    raise LabelError(
-                        f"{v.labels[s]}: GT size {gt.shape} differs from prediction "
-                        f"{folder / f'{s}.png'} size {pred.shape}"
-                    )
-                preds.append(pred)
-                gts.append(gt)
-            yield v.name, preds, gts
-
-    names = ds.class_names if ds.class_names is not None and len(ds.class_names) == c else None
-    return evaluate(videos(), c, ign, protocol, vc_ns, names)
-
-
-# ---------------------------------------------------------------- notebook helpers
-
-
-def label_change_fraction(labels: Sequence[Any] | Any) -> np.ndarray:
-    """Share of pixels whose id differs from the previous frame's, per consecutive pair: [T - 1].
-
-    ``labels``: [T, H, W] (array or tensor) or a sequence of [H, W] id maps of one size. A
-    temporally stable segmentation of a static scene scores 0; an empty array for T < 2.
-    """
-    frames = [_ids(m) for m in labels]
-    if not frames:
-        raise LabelError("label_change_fraction needs at least one label map")
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1 or frames[0].ndim != 2:
-        raise LabelError(f"label maps must all be [H, W] of one size, got {sorted(shapes)}")
-    if len(frames) < 2:
-        return np.zeros(0)
-    stack = np.stack(frames)
-    return (stack[1:] != stack[:-1]).reshape(len(frames) - 1, -1).mean(1)
-
-
-def flicker_rate(labels: Sequence[Any] | Any) -> float:
-    """Flicker: mean share of pixels whose label changes between consecutive frames; nan if T < 2.
-
-    Unlike mVC it needs no ground truth, so it compares e.g. coarse labels before and after
-    refinement directly; real motion also counts as change, so compare runs on the same clip.
-    """
-    changes = label_change_fraction(labels)
-    return float(changes.mean()) if changes.size else math.nan
-
-
-@dataclass
-class VideoPrediction:
-    """One segmented video in memory: predicted ids and GT per frame ([H, W] int64, GT None where
-    the frame is unlabelled), and optionally the frames (uint8 [T, 3, H, W]) for figures."""
-
-    name: str
-    preds: list[np.ndarray]
-    gts: list[np.ndarray | None]
-    frames: Any = None
-
-    def as_tuple(self) -> tuple[str, list[np.ndarray], list[np.ndarray | None]]:
-        """``(name, preds, gts)``, the item :func:`evaluate` takes."""
-        return self.name, self.preds, self.gts
-
-
-def _pct(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{100 * v:.2f}"
-
-
-class Markdown(str):
-    """Text that a notebook renders as markdown (and prints as itself)."""
-
-    def _repr_markdown_(self) -> str:
-        return str(self)
-
-
-def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-@dataclass(repr=False)
-class ResultTable:
-    """Results of several runs and protocols as one table; ``a + b`` concatenates the rows.
-
-    A notebook shows it as markdown (run, protocol, mIoU, mVC_n, pixel accuracy, videos,
-    frames, in percent); :meth:`per_class` gives per-class IoU with one column per row.
-    """
-
-    rows: list[tuple[str, EvalResult]] = field(default_factory=list)
-
-    def __add__(self, other: ResultTable) -> ResultTable:
-        return ResultTable([*self.rows, *other.rows])
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def result(self, run: str, protocol: str) -> EvalResult:
-        """The result of run ``run`` under ``protocol``."""
-        for name, res in self.rows:
-            if name == run and res.protocol == protocol:
-                return res
-        raise ConfigError(f"no result for run {run!r} under protocol {protocol!r}")
-
-    def select(
-        self, runs: Sequence[str] | None = None, protocols: Sequence[str] | None = None
-    ) -> ResultTable:
-        """The rows whose run is in ``runs`` and protocol in ``protocols`` (None: any), in order."""
-        return ResultTable(
-            [
-                (name, r)
-                for name, r in self.rows
-                if (runs is None or name in runs) and (protocols is None or r.protocol in protocols)
-            ]
-        )
-
-    def markdown(self) -> Markdown:
-        """The summary table as markdown."""
-        ns = sorted({n for _, r in self.rows for n in r.mvc})
-        head = [
-            "run",
-            "protocol",
-            "mIoU",
-            *(f"mVC{n}" for n in ns),
-            "pixel acc",
-            "videos",
-            "frames",
-        ]
-        rows = [
-            [
-                name,
-                r.protocol,
-                _pct(r.miou),
-                *(_pct(r.mvc.get(n, math.nan)) for n in ns),
-                _pct(r.pixel_acc),
-                str(r.num_videos),
-                str(r.num_frames),
-            ]
-            for name, r in self.rows
-        ]
-        return Markdown("\n".join(_md_table(head, rows)))
-
-    def per_class(self) -> Markdown:
-        """Per-class IoU (percent) as markdown: one row per class, one column per table row.
-
-        All rows must score the same class set (one dataset): :meth:`select` them first.
-        """
-        if not self.rows:
-            raise ConfigError("the table has no rows")
-        classes = {(r.num_classes, tuple(r.class_names or ())) for _, r in self.rows}
-        if len(classes) > 1:
-            raise ConfigError("rows score different class sets; select the rows of one dataset")
-        first = self.rows[0][1]
-        names = first.class_names or [str(k) for k in range(first.num_classes)]
-        head = ["class", *(f"{name} ({r.protocol})" for name, r in self.rows)]
-        rows = [
-            [names[k], *(_pct(r.per_class_iou[k]) for _, r in self.rows)]
-            for k in range(first.num_classes)
-        ]
-        return Markdown("\n".join(_md_table(head, rows)))
-
-    def _repr_markdown_(self) -> str:
-        return self.markdown()
-
-    def __str__(self) -> str:
-        return self.markdown()
-
-    def __repr__(self) -> str:
-        return self.markdown()
-
-
-def evaluate_protocols(
-    videos: Iterable[VideoPrediction | tuple[str, Sequence[Any], Sequence[Any]]],
-    num_classes: int,
-    ignore_index: int | None = 255,
-    protocols: Sequence[str] = PROTOCOLS,
-    vc_ns: Sequence[int] = (8, 16),
-    class_names: list[str] | None = None,
-    run: str = "",
-) -> ResultTable:
-    """Score the same in-memory predictions under each of ``protocols``: one row per protocol.
-
-    ``videos``: :class:`VideoPrediction` s or ``(name, preds, gts)`` tuples (read once, kept in
-    a list). Each row is :func:`evaluate` under that protocol, labelled ``run``.
-    """
-    items = [v.as_tuple() if isinstance(v, VideoPrediction) else tuple(v) for v in videos]
-    return ResultTable(
-        [
-            (run, evaluate(items, num_classes, ignore_index, p, vc_ns, class_names))
-            for p in protocols
-        ]
-    )
-
-
-def segment_dataset(
-    backbone: Any,
-    cfg: Any,
-    dataset: Dataset,
-    max_frames: int | None = None,
-    videos: Sequence[str] | None = None,
-    first_frame_gt: bool = True,
-    keep_frames: bool = True,
-    progress: bool = False,
-) -> list[VideoPrediction]:
-    """Segment a dataset's videos in memory and pair every frame with its GT.
-
-    Each video is cut to its first ``max_frames`` frames (all when None); ``videos`` picks
-    videos by name. With ``first_frame_gt`` the first frame's GT (read with the dataset's
-    conventions, e.g. DAVIS 0/255 as 0/1) maps clusters to classes (the "first-frame"
-    protocol); without it predictions are cluster ids (for "hungarian" / "majority"). The
-    dataset's ignore id replaces ``cfg``'s, so void pixels never become a class.
-    """
-    from .pipeline import Segmenter
-    from .video import open_video
-
-    if max_frames is not None and max_frames < 1:
-        raise ConfigError(f"max_frames={max_frames} must be at least 1")
-    if dataset.ignore_index is not None:
-        cfg = cfg.replace(ignore_index=dataset.ignore_index)
-    seg = Segmenter(backbone, cfg)
-    items = dataset.videos if videos is None else [dataset.video(n) for n in videos]
-    out = []
-    for item in items:
-        if item.frames:
-            video = open_video(item.frames[:max_frames])
-        else:  # a video file: label keys are zero-padded frame indices, as its frame names
-            whole = open_video(item.source)
-            count = len(whole) if max_frames is None else min(len(whole), max_frames)
-            video = open_video(whole.read(range(count)), fps=whole.fps)
-        names = video.names if item.frames else [f"{i:05d}" for i in range(len(video))]
-        gt0 = None
-        if first_frame_gt:
-            if names[0] not in item.labels:
-                raise LabelError(f"video {item.name!r}: first frame {names[0]} has no GT label")
-            gt0 = dataset.read_label(item.labels[names[0]])
-        results = seg.segment(video, gt0, return_debug=False, progress=progress)
-        preds = [r.labels.numpy().astype(np.int64) for r in results]
-        gts = [dataset.read_label(item.labels[n]) if n in item.labels else None for n in names]
-        frames = video.read(range(len(video))) if keep_frames else None
-        out.append(VideoPrediction(item.name, preds, gts, frames))
-    return out
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

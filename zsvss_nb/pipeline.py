@@ -7,13 +7,9 @@ memory stays flat however long the video is; nothing touches the disk between st
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import resource
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +18,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Backbone
+from .backbones.base import Backbone
 from .config import SegmentConfig
 from .context import SceneContext
+from .datasets import load_gt
 from .errors import DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
+from .frames import geometry_for, to_grid
+from .provenance import model_identity, peak_device_gb, peak_rss_gb, versions
 from .refine import refine
 from .upsample import upsample
-from .video import (
-    Video,
-    atomic_write_png,
-    geometry_for,
-    open_video,
-    to_grid,
-    window_spans,
-    write_video,
-)
+from .video import Video, Window, open_video, window_spans
+from .writers import atomic_write_json, atomic_write_png, write_video
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +66,7 @@ class RunStats:
     frames_processed: int = 0
     unet_evals: int = 0
     vae_decodes: int = 0
+    upsampler: str | None = None  # the stage-3 method that actually ran
 
     def add(self, seconds: dict[str, float]) -> None:
         for key, value in seconds.items():
@@ -90,21 +83,10 @@ class RunStats:
             "seconds_per_frame": round(sum(self.seconds.values()) / n, 4),
             "unet_evals_per_frame": self.unet_evals / n,
             "vae_decodes_per_frame": self.vae_decodes / n,
+            "upsampler": self.upsampler,
             "peak_rss_gb": peak_rss_gb(),
             "peak_device_gb": peak_device_gb(),
         }
-
-
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far, in GiB."""
-    scale = 1 if sys.platform == "darwin" else 1024
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 3)
-
-
-def peak_device_gb() -> float | None:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return None
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -118,18 +100,16 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
-    """A GT mask (PNG path or array [H, W]) as LongTensor, checked against the video's size."""
-    from PIL import Image
+    """A GT mask (PNG path or array [H, W]) as LongTensor, checked against the video's size.
 
+    Files are read by :func:`zsvss_nb.datasets.load_gt` (the one set of mode rules), as stored
+    (no 0/255 -> 0/1 mapping).
+    """
     if isinstance(src, (str, Path)):
         path = Path(src)
         if not path.is_file():
             raise LabelError(f"first-frame GT {path} does not exist")
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise LabelError(f"first-frame GT {path} is mode {im.mode}; expected label ids")
-            array = np.array(im)
-        name = str(path)
+        array, name = load_gt(path, binary=False), str(path)
     else:
         array, name = np.asarray(src), "first-frame GT array"
     if array.ndim != 2:
@@ -145,10 +125,26 @@ def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
 class Segmenter:
     """Run the method on videos: ``for index, labels in seg.segment(video)`` or ``seg.run``."""
 
-    def __init__(self, backbone: Backbone, cfg: SegmentConfig | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        cfg: SegmentConfig | None = None,
+        window_context: Callable[[SceneContext, Window], Any] | None = None,
+    ) -> None:
+        """``window_context(context, window)``, if given, wraps the video's
+        :class:`SceneContext` for one window (the wrapper offers ``initialised``,
+        ``initialise``, ``predict`` and ``update``); the benchmark uses it to plant known
+        coarse maps in place of the KNN's."""
         self.backbone = backbone
         self.cfg = cfg or SegmentConfig.paper_sd()
+        self.window_context = window_context
         self.stats = RunStats()
+        if self.cfg.upsample.method == "modulation" and not backbone.can_modulate:
+            log.warning(
+                "%s cannot do masked modulation (a diffusion backbone can): stage 3 upsamples "
+                "bilinearly; the manifest records upsampler=bilinear",
+                backbone.name,
+            )
 
     def segment(
         self,
@@ -183,7 +179,12 @@ class Segmenter:
         try:
             for window in video.windows(cfg.window):
                 try:
-                    results = self._window(window, context, gt, return_debug, stats)
+                    ctx = (
+                        context
+                        if self.window_context is None
+                        else self.window_context(context, window)
+                    )
+                    results = self._window(window, ctx, gt, return_debug, stats)
                 except RuntimeError as err:
                     if isinstance(err, DeviceOutOfMemoryError) or not is_out_of_memory(err):
                         raise
@@ -220,6 +221,7 @@ class Segmenter:
         context.update(feats.features, refined)  # 2c. autoregressive update
         stats.add({"context": time.perf_counter() - tic})
         up = upsample(self.backbone, feats, refined, cfg)  # 3. upsampling
+        stats.upsampler = up.method
         stats.add(up.seconds)
         stats.unet_evals += up.unet_evals
         stats.vae_decodes += up.vae_decodes
@@ -303,10 +305,8 @@ class Segmenter:
                 for _ in frames():
                     pass
             manifest = self.manifest(video, first_frame_gt, started)
-            tmp = out / "manifest.json.tmp"
-            written.append(tmp)  # removed too should the run stop while writing it
-            tmp.write_text(json.dumps(manifest, indent=2, default=str))
-            tmp.replace(out / "manifest.json")
+            written.append(out / "manifest.json")
+            atomic_write_json(out / "manifest.json", manifest)
         except BaseException:
             # an unfinished run leaves nothing behind: no partial folder of outputs
             for path in written:
@@ -319,15 +319,8 @@ class Segmenter:
 
     def manifest(self, video, first_frame_gt, started: float) -> dict[str, Any]:
         """What reproduces the run: config, model identity and hash, versions, seed, costs."""
-        import diffusers
-        import transformers
-
-        from . import __version__
-
-        identity = {k: v for k, v in self.backbone.identity.items() if k != "files"}
-        identity["sha256"] = self.backbone.fingerprint()
         return {
-            "zsvss_version": __version__,
+            "zsvss_version": versions()["zsvss"],
             "video": {
                 "source": video.source,
                 "frames": len(video),
@@ -337,16 +330,10 @@ class Segmenter:
             "first_frame_gt": str(first_frame_gt) if first_frame_gt is not None else None,
             "config": self.cfg.to_dict(),
             "seed": self.cfg.features.seed,
-            "model": identity,
+            "model": model_identity(self.backbone),
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).replace("torch.", ""),
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__,
-                "numpy": np.__version__,
-            },
+            "versions": versions(),
             "stats": self.stats.to_dict(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_seconds": round(time.time() - started, 3),

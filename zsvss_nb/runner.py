@@ -18,8 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,13 +27,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Backbone, load_backbone
+from .backbones import Backbone, load_backbone
 from .config import SegmentConfig
 from .datasets import Dataset, VideoItem, rank_from_env
 from .datasets import shard as shard_videos
 from .errors import ConfigError, DatasetLayoutError, LabelError
 from .pipeline import Segmenter
-from .video import atomic_write_png, open_video
+from .provenance import model_identity, versions
+from .video import open_video
+from .writers import atomic_write_json, atomic_write_png, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,6 @@ def config_hash(cfg: SegmentConfig, backbone: Backbone, use_first_frame_gt: bool
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON through a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the name is chosen before the file exists, so an interrupt cannot orphan the temp file
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def is_finished(video_dir: Path, key: str) -> bool:
@@ -98,12 +84,6 @@ def _first_frame_ids(item: VideoItem, dataset: Dataset, cfg: SegmentConfig) -> n
     if dataset.ignore_index is not None and cfg.context.ignore_index >= 0:
         ids = np.where(ids == dataset.ignore_index, -1, ids)
     return ids
-
-
-def _clear_stale_temps(video_dir: Path) -> None:
-    """Remove temp files a killed process left behind (``.<name>.<random>.tmp``)."""
-    for p in video_dir.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
 
 
 def segment_video_item(
@@ -135,7 +115,7 @@ def segment_video_item(
     out_dir = Path(out_root) / item.name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE_FILE).unlink(missing_ok=True)
-    _clear_stale_temps(out_dir)
+    remove_stale_temps(out_dir)
     tic = time.perf_counter()
     seg = Segmenter(backbone, cfg)
     count = 0
@@ -144,8 +124,6 @@ def segment_video_item(
             atomic_write_png(out_dir / f"{result.name}.png", result.labels.numpy())
             count += 1
     seconds = round(time.perf_counter() - tic, 3)
-    from . import __version__
-
     atomic_write_json(
         out_dir / DONE_FILE,
         {
@@ -154,7 +132,7 @@ def segment_video_item(
             "seconds": seconds,
             "config_hash": key,
             "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
-            "zsvss_version": __version__,
+            "zsvss_version": versions()["zsvss"],
             "stats": seg.stats.to_dict(),
         },
     )
@@ -165,32 +143,6 @@ def segment_video_item(
         "skipped": False,
         "config_hash": key,
     }
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the packages that change results."""
-    import diffusers
-    import transformers
-
-    from . import __version__
-
-    return {
-        "zsvss": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def model_identity(backbone: Backbone) -> dict[str, Any]:
-    """The backbone's identity (without its file list) plus the weights' sha256, device, dtype."""
-    identity = {k: v for k, v in backbone.identity.items() if k != "files"}
-    identity["sha256"] = backbone.fingerprint()
-    identity["device"] = str(backbone.device)
-    identity["dtype"] = str(backbone.dtype).replace("torch.", "")
-    return identity
 
 
 _LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
@@ -303,3 +255,58 @@ def run_dataset(
         result = manifest()
         atomic_write_json(out / f"run_manifest_{rank}.json", result)
     return result
+
+
+# -- in memory: a dataset's videos segmented and paired with their GT (notebooks 02 and 05) ---
+from collections.abc import Sequence  # noqa: E402
+
+from .evaluate import VideoPrediction  # noqa: E402
+
+
+def segment_dataset(
+    backbone: Any,
+    cfg: Any,
+    dataset: Dataset,
+    max_frames: int | None = None,
+    videos: Sequence[str] | None = None,
+    first_frame_gt: bool = True,
+    keep_frames: bool = True,
+    progress: bool = False,
+) -> list[VideoPrediction]:
+    """Segment a dataset's videos in memory and pair every frame with its GT.
+
+    Each video is cut to its first ``max_frames`` frames (all when None); ``videos`` picks
+    videos by name. With ``first_frame_gt`` the first frame's GT (read with the dataset's
+    conventions, e.g. DAVIS 0/255 as 0/1) maps clusters to classes (the "first-frame"
+    protocol); without it predictions are cluster ids (for "hungarian" / "majority"). The
+    dataset's ignore id replaces ``cfg``'s, so void pixels never become a class.
+    """
+    from .pipeline import Segmenter
+    from .video import open_video
+
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"max_frames={max_frames} must be at least 1")
+    if dataset.ignore_index is not None:
+        cfg = cfg.replace(ignore_index=dataset.ignore_index)
+    seg = Segmenter(backbone, cfg)
+    items = dataset.videos if videos is None else [dataset.video(n) for n in videos]
+    out = []
+    for item in items:
+        if item.frames:
+            video = open_video(item.frames[:max_frames])
+        else:  # a video file: label keys are zero-padded frame indices, as its frame names
+            whole = open_video(item.source)
+            count = len(whole) if max_frames is None else min(len(whole), max_frames)
+            video = open_video(whole.read(range(count)), fps=whole.fps)
+        names = video.names if item.frames else [f"{i:05d}" for i in range(len(video))]
+        gt0 = None
+        if first_frame_gt:
+            if names[0] not in item.labels:
+                raise LabelError(f"video {item.name!r}: first frame {names[0]} has no GT label")
+            gt0 = dataset.read_label(item.labels[names[0]])
+        results = seg.segment(video, gt0, return_debug=False, progress=progress)
+        preds = [r.labels.numpy().astype(np.int64) for r in results]
+        gts = [dataset.read_label(item.labels[n]) if n in item.labels else None for n in names]
+        frames = video.read(range(len(video))) if keep_frames else None
+        out.append(VideoPrediction(item.name, preds, gts, frames))
+    return out

@@ -26,6 +26,7 @@ from . import viz
 from .config import SegmentConfig
 from .errors import ConfigError, InputError, ZsvssError
 from .features import FeatureResult, extract, normalise_tokens
+from .video import take_frames
 
 __all__ = [
     "Explorer",
@@ -216,8 +217,9 @@ def feature_explorer(
         if block is not None:
             feats = normalise_tokens(res.block_features[block], cfg.features.normalisation)
             title += f", block {block} ({feats.shape[1]}x{feats.shape[2]})"
-        if "start_step" in chosen and res.schedule is not None:
-            title += f", DDPM t={int(res.schedule.timesteps[chosen['start_step']])}"
+        schedule = getattr(res, "schedule", None)  # diffusion passes only
+        if "start_step" in chosen and schedule is not None:
+            title += f", DDPM t={int(schedule.timesteps[chosen['start_step']])}"
         images = frames if frames is not None else res.images
         fig = viz.show_feature_views({label: feats}, images, (frame, fy, fx))
         fig.suptitle(title)
@@ -382,9 +384,9 @@ def context_explorer(
     ``bank``: keep the most recent tokens of all windows) -> coarse and refined maps over time.
 
     Runs the Segmenter with bilinear upsampling (only the coarse maps are shown), cached per
-    mode; the title gives each row's flicker (:func:`zsvss_nb.metrics.flicker_rate`).
+    mode; the title gives each row's flicker (:func:`zsvss_nb.evaluate.flicker_rate`).
     """
-    from .metrics import flicker_rate
+    from .evaluate import flicker_rate
     from .pipeline import Segmenter
 
     cache: dict[str, list[Any]] = {}
@@ -408,28 +410,3 @@ def context_explorer(
 
 
 # -------------------------------------------------------------------------- helpers
-
-
-def take_frames(src: Any, n: int | None = None, start: int = 0, step: int = 1) -> Any:
-    """A shorter video: frames ``start, start + step, ...``, at most ``n`` of them.
-
-    ``src``: anything :func:`zsvss_nb.open_video` takes, or a Video. A folder of frames stays a
-    list of its image files (frame names kept, so outputs and GT still match by name); other
-    sources become an in-memory array video (names ``00000``...), fps divided by ``step``.
-    """
-    from .video import IMAGE_EXTENSIONS, Video, open_video
-
-    if (n is not None and n < 1) or start < 0 or step < 1:
-        raise ConfigError(f"take_frames n={n}, start={start}, step={step}: need n, step >= 1")
-    video = src if isinstance(src, Video) else open_video(src)
-    idx = list(range(start, len(video), step))[:n]
-    if not idx:
-        raise InputError(f"{video.source}: no frame at start={start} of {len(video)} frames")
-    fps = None if video.fps is None else video.fps / step
-    folder = Path(video.source)
-    if folder.is_dir():
-        files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-        names = video.names
-        if all(names[i] in files for i in idx):
-            return open_video([files[names[i]] for i in idx], fps=fps)
-    return open_video(video.read(idx), fps=fps)

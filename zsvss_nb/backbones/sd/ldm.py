@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .errors import IncompleteModelError
+from ...errors import IncompleteModelError
+from .model import LATENT_SCALE
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -34,7 +35,7 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 LDM_NORM_GROUPS = 32  # ldm.modules.diffusionmodules.util.normalization: GroupNorm32(32, C)
 SD2_HEAD_CHANNELS = 64  # SD 2.x configs: num_head_channels 64
 SD1_HEADS = 8  # SD 1.x configs: num_heads 8
-LATENT_SCALE = 0.18215  # METHOD 1.1 (SD 1.x and 2.x alike)
+
 
 Tensors = Mapping[str, torch.Tensor]
 

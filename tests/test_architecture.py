@@ -1,0 +1,156 @@
+"""The package's shape, checked from its source: no import cycle, no private name imported across
+modules, and no stage module that asks which backbone it holds."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zsvss_nb"
+STAGES = ("features", "context", "refine", "upsample", "pipeline")
+BACKBONE_NAMES = {"sd", "svd", "dinov2", "tiny", "tiny-svd", "dinov2-s", "sd21-base-random"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                skip.update(id(n) for n in ast.walk(child))
+    return skip
+
+
+def _lazy_getattr_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside a module-level ``__getattr__`` (PEP 562 lazy re-exports)."""
+    skip: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            skip.update(id(n) for n in ast.walk(node))
+    return skip
+
+
+def imports(name: str) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every runtime import of ``name``."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_nodes(tree) | _lazy_getattr_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("zsvss_nb"):
+                    found.append((alias.name, [], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("zsvss_nb"):
+                continue
+            names = [a.name for a in node.names]
+            # "from .pkg import submodule" depends on the submodule itself
+            subs = [n for n in names if f"{target}.{n}" in MODULES]
+            for sub in subs:
+                found.append((f"{target}.{sub}", [], node.lineno))
+            rest = [n for n in names if n not in subs]
+            if rest or not subs:
+                found.append((target, rest, node.lineno))
+    return found
+
+
+def test_every_import_resolves_to_a_module_of_the_package():
+    for name in MODULES:
+        for target, _, line in imports(name):
+            assert target in MODULES, f"{MODULES[name]}:{line} imports unknown {target}"
+
+
+def test_no_import_cycle():
+    graph = {name: {t for t, _, _ in imports(name) if t != name} for name in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt) :] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for name in MODULES:
+        for target, names, line in imports(name):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and target != name:
+                offenders.append(f"{MODULES[name].name}:{line} imports {private} from {target}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_modules_never_ask_which_backbone_they_hold(stage):
+    tree = ast.parse(MODULES[f"zsvss_nb.{stage}"].read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            assert node.attr != "kind", f"{stage}.py:{node.lineno} reads .kind"
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            assert node.value not in BACKBONE_NAMES, f"{stage}.py:{node.lineno}: {node.value!r}"
+
+
+def test_backends_do_not_import_each_other():
+    families = ("zsvss_nb.backbones.sd", "zsvss_nb.backbones.svd", "zsvss_nb.backbones.dinov2")
+    for name in MODULES:
+        own = next((f for f in families if name == f or name.startswith(f + ".")), None)
+        if own is None:
+            continue
+        for target, _, line in imports(name):
+            other = next((f for f in families if target == f or target.startswith(f + ".")), None)
+            assert other in (None, own), f"{MODULES[name]}:{line} imports {target}"
+            # a backend needs only the contract, the shared kernels and the configs
+            assert not target.startswith(
+                ("zsvss_nb.pipeline", "zsvss_nb.features", "zsvss_nb.upsample", "zsvss_nb.cli")
+            ), f"{MODULES[name]}:{line} imports the stage {target}"
+
+
+def test_module_sizes():
+    """About 500 lines at most: a longer module holds more than one concern."""
+    allowed: dict[str, int] = {}
+    for name, path in MODULES.items():
+        lines = len(path.read_text().splitlines())
+        assert lines <= allowed.get(name, 520), f"{path} has {lines} lines"
+
+
+def test_old_import_paths_still_work():
+    from zsvss_nb import backbone, dinov2, svd
+    from zsvss_nb.backbones import load_backbone
+
+    assert backbone.load_backbone is load_backbone
+    assert callable(svd.extract) and callable(svd.tiny_svd_backbone)
+    assert callable(dinov2.load_dinov2)

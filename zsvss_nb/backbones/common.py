@@ -1,0 +1,290 @@
+"""What the diffusion backbones share: devices, schedules, VAE encoding, loading and saving.
+
+Every backend may import this module; backends never import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import FeatureConfig, SegmentConfig
+from ..errors import ConfigError, IncompleteModelError
+from ..ops import aggregate, normalise_tokens
+from ..writers import atomic_write
+
+ENV_MODEL = "ZSVSS_MODEL"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+# -- devices ----------------------------------------------------------------------------------
+def default_device() -> torch.device:
+    """CUDA, then Apple MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (CUDA with bf16, or AVX512-BF16/AMX).
+
+    Without it (e.g. AVX2-only CPUs) PyTorch emulates bf16 matmuls and convolutions at about
+    100 times the cost of float32 (benchmarks/precision_probe.py), so bf16 options are a trap.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        if cpu is None or not all(hasattr(cpu, name) for name in checks):
+            return True  # cannot tell: trust the user's choice
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    return True
+
+
+def freeze(*modules: nn.Module | None) -> None:
+    """Evaluation mode without gradients for every given module."""
+    for module in modules:
+        if module is not None:
+            module.eval()
+            module.requires_grad_(False)
+
+
+def cache_dir() -> Path:
+    """Where zsvss caches converted weights: ``$ZSVSS_CACHE`` or ``~/.cache/zsvss``."""
+    return Path(os.environ.get("ZSVSS_CACHE", Path.home() / ".cache" / "zsvss"))
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def block_stride(block: int) -> int:
+    """Pixels per token of reference decoder block ``block``: 32 (3-5), 16 (6-8), 8 (9-11)."""
+    return 2 ** (6 - block // 3)
+
+
+@dataclass
+class Schedule:
+    """The Euler sampler's discretisation: ``timesteps`` [n] and ``sigmas`` [n + 1] (last 0)."""
+
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+
+    @classmethod
+    def for_backbone(cls, backbone, num_steps: int) -> Schedule:
+        """The schedule of ``backbone.scheduler_config`` (diffusers EulerDiscreteScheduler)."""
+        from diffusers import EulerDiscreteScheduler
+
+        sched = EulerDiscreteScheduler.from_config(backbone.scheduler_config)
+        sched.set_timesteps(num_steps)
+        return cls(sched.timesteps.float().cpu(), sched.sigmas.float().cpu())
+
+
+def query_features(
+    stored: Mapping[tuple[int, int, str, str], torch.Tensor],
+    fcfg: FeatureConfig,
+    blocks: list[int],
+    image_hw: tuple[int, int],
+) -> dict[str, Any]:
+    """The feature fields of a diffusion pass's result from its captured queries (METHOD 1.3).
+
+    ``stored[(feature_step, b, "attn1", "q")]`` is [halves, B, N, C]: the cond half of each of
+    ``blocks`` becomes [B, h_b, w_b, C] (``block_features``); the mean (or concatenation) of
+    ``fcfg.blocks``, normalised per token, is ``features``; ``fcfg.refine_block``'s raw q the
+    refinement's ``refine_features``.
+    """
+    H, W = image_hw
+    block_features = {}
+    for b in blocks:
+        q = stored[(fcfg.feature_step, b, "attn1", "q")][-1].float()  # cond half (METHOD 1.2)
+        s = block_stride(b)
+        block_features[b] = q.unflatten(1, (H // s, W // s))
+    feats = aggregate([block_features[b] for b in fcfg.blocks], fcfg.aggregation)
+    return {
+        "features": normalise_tokens(feats, fcfg.normalisation),
+        "refine_features": block_features[fcfg.refine_block],
+        "block_features": block_features,
+    }
+
+
+@torch.inference_mode()
+def vae_encode(
+    vae: nn.Module,
+    images: torch.Tensor,
+    generator: torch.Generator | None,
+    scale: float,
+    sample: bool = True,
+    batch: int = 4,
+) -> torch.Tensor:
+    """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8].
+
+    METHOD 1.1: the posterior is *sampled* (seeded by ``generator``), then scaled. The
+    encoder runs ``batch`` frames at a time (0 = all; bounds memory) and the posterior of
+    the whole window is sampled at once, so the draw does not depend on ``batch``.
+    """
+    param = next(vae.parameters())
+    x = (images.to(param.device, param.dtype) * 2 - 1).contiguous()
+    parts = [vae.encode(chunk).latent_dist for chunk in x.split(batch or len(x))]
+    posterior = parts[0]
+    if len(parts) > 1:
+        posterior = type(posterior)(torch.cat([part.parameters for part in parts]))
+    z = posterior.sample(generator=generator) if sample else posterior.mode()
+    return z * scale
+
+
+# -- stage 3 --------------------------------------------------------------------------------
+def check_modulation_steps(cfg: SegmentConfig) -> None:
+    """The modulation and blending steps lie in the denoising steps, the modulated blocks have
+    attention (decoder blocks 3-11); a one-line :class:`ConfigError` otherwise."""
+    start, end = cfg.features.start_step, cfg.features.num_inference_steps
+    for name in ("modulation_steps", "blend_steps"):
+        bad = [s for s in getattr(cfg.upsample, name) if not start <= s < end]
+        if bad:
+            raise ConfigError(
+                f"upsample.{name} {bad} lie outside the denoising steps [{start}, {end})"
+            )
+    bad = [b for b in cfg.upsample.modulated_blocks if not 3 <= b <= 11]
+    if bad:
+        raise ConfigError(f"modulated_blocks {bad} have no attention")
+
+
+# -- identity ---------------------------------------------------------------------------------
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` looks like a Hugging Face repository id ("org/model"), not a path."""
+    return "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1
+
+
+def missing_parts(folder: Path, parts: tuple[str, ...]) -> list[str]:
+    """The subfolders of a diffusers model folder among ``parts`` that are absent or empty."""
+    return [
+        part for part in parts if not (folder / part).is_dir() or not any((folder / part).iterdir())
+    ]
+
+
+def file_identity(path: Path, name: str, fmt: str = "single-file") -> dict[str, Any]:
+    """A single checkpoint file's identity (its bytes are what the fingerprint hashes)."""
+    return {"name": name, "source": str(path.resolve()), "format": fmt, "files": [str(path)]}
+
+
+def folder_identity(folder: Path) -> dict[str, Any]:
+    """A diffusers folder's identity: name, absolute source and the UNet's weight files."""
+    files = sorted(str(p) for p in (folder / "unet").glob("*.safetensors")) or sorted(
+        str(p) for p in (folder / "unet").glob("*.bin")
+    )
+    return {
+        "name": folder.name,
+        "source": str(folder.resolve()),
+        "format": "diffusers",
+        "files": files,
+    }
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- files ------------------------------------------------------------------------------------
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a checkpoint file and its metadata.
+
+    ``.safetensors`` through safetensors; other files with ``torch.load(weights_only=True)``
+    (a Lightning ``{"state_dict": ...}`` is unwrapped), so no pickled code ever runs.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key)
+        return tensors, meta
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    return obj, {}
+
+
+def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The tensor names and metadata of a ``.safetensors`` file, without reading tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return list(fh.keys()), dict(fh.metadata() or {})
+
+
+def module_config(module: nn.Module) -> dict[str, Any]:
+    """A diffusers/transformers module's config as a plain dict."""
+    config = module.config
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def save_prefixed(path: Path, parts: Mapping[str, nn.Module], meta: Mapping[str, str]) -> Path:
+    """Write ``parts`` as one ``.safetensors`` file: tensors prefixed by part name, each part's
+    config as JSON in the metadata (``<part>_config``), plus ``meta``; atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    header = {"zsvss_format": "1", **meta}
+    for prefix, module in parts.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{prefix}.{key}"] = value.detach().float().cpu().contiguous()
+        header[f"{prefix}_config"] = json.dumps(module_config(module), default=str)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def split_prefixed(
+    path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], parts: tuple[str, ...]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dict of each part of a :func:`save_prefixed` file (prefixes removed)."""
+    out = {}
+    for prefix in parts:
+        if f"{prefix}_config" not in meta:
+            raise IncompleteModelError(f"checkpoint {path} lacks the {prefix} component")
+        out[prefix] = {
+            k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+        }
+    return out
+
+
+def load_parts(
+    path: Path, modules: Mapping[str, nn.Module], states: Mapping[str, Mapping[str, torch.Tensor]]
+) -> None:
+    """Load ``states[part]`` into ``modules[part]``; a missing tensor is an error naming it."""
+    for prefix, module in modules.items():
+        result = module.load_state_dict(states[prefix], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+        if missing:
+            raise IncompleteModelError(
+                f"checkpoint {path}: {prefix} lacks {len(missing)} tensors (e.g. {missing[0]})"
+            )
+
+
+def write_scheduler_folder(folder: Path, scheduler_config: Mapping[str, Any]) -> None:
+    """``folder/scheduler/scheduler_config.json`` for diffusers' EulerDiscreteScheduler."""
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "EulerDiscreteScheduler", **scheduler_config})
+    )
+
+
+def not_found_message(spec: str, reason: str) -> str:
+    """The one line that says where zsvss looked for a model and how to provide one."""
+    return (
+        f"model {spec!r} not found ({reason}); looked for a local diffusers folder, a "
+        f".safetensors/.ckpt file, ${ENV_MODEL}, {cache_dir() / 'models'} and the Hugging Face "
+        "cache/hub. Provide SD 2.1-base with --model PATH (a diffusers folder or "
+        "v2-1_512-ema-pruned.safetensors), or use --model tiny / dinov2-s"
+    )
