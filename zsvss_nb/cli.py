@@ -28,10 +28,15 @@ def _parse_value(text: str) -> Any:
 
 
 def build_config(args: argparse.Namespace):
-    """The SegmentConfig named by --preset, with the CLI's overrides applied."""
+    """The SegmentConfig named by --preset (default: the model's own), with the overrides."""
     from .config import SegmentConfig
 
-    cfg = SegmentConfig.from_preset(args.preset)
+    if getattr(args, "preset", None) is None:
+        from .backbones import default_config_for
+
+        cfg = default_config_for(getattr(args, "model", None))
+    else:
+        cfg = SegmentConfig.from_preset(args.preset)
     changes: dict[str, Any] = {}
     for flag, field in (
         ("k", "k"),
@@ -55,7 +60,7 @@ def build_config(args: argparse.Namespace):
         name, value = item.split("=", 1)
         stage, _, field = name.rpartition(".")
         if stage:
-            if stage not in ("features", "context", "refine", "upsample"):
+            if stage not in ("features", "context", "refine", "upsample", "svd"):
                 raise ConfigError(f"--set {name}: unknown stage {stage!r}")
             sub = getattr(cfg, stage).replace(**{field: _parse_value(value)})
             cfg = cfg.replace(**{stage: sub})
@@ -83,8 +88,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
-        default="paper-sd",
-        help="paper-sd (default), paper-compat, paper-svd, fast, tiny",
+        default=None,
+        help="paper-sd, paper-compat, paper-svd, dinov2, fast, tiny (default: the model's own: "
+        "paper-svd for SVD models, dinov2 for dinov2-s, paper-sd otherwise)",
     )
     p.add_argument("--k", type=int, default=None, help="k-means clusters (paper: 20)")
     p.add_argument("--window", type=int, default=None, help="frames per window (paper: 14)")

@@ -301,9 +301,21 @@ class SegmentConfig(_Replaceable):
         )
 
     @classmethod
+    def dinov2(cls) -> SegmentConfig:
+        """The DINOv2 comparison backbone's settings, measured best in the README's DINOv2
+        section: frames downscaled to 448 px on the longer side (the ViT's 37x37 position grid),
+        last-layer patch tokens, L-inf normalisation, bilinear upsampling (no modulation)."""
+        return cls(
+            features=FeatureConfig(max_side=448, dinov2_layer=-1, normalisation="linf"),
+            upsample=UpsampleConfig(method="bilinear"),
+            preset="dinov2",
+        )
+
+    @classmethod
     def from_preset(cls, name: str) -> SegmentConfig:
-        """A preset by its CLI name: paper-sd, paper-compat, paper-svd, fast, tiny."""
+        """A preset by its CLI name: paper-sd, paper-compat, paper-svd, dinov2, fast, tiny."""
         presets = {
+            "dinov2": cls.dinov2,
             "paper-sd": cls.paper_sd,
             "paper-compat": cls.paper_compat,
             "fast": cls.fast,

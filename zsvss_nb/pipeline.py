@@ -136,7 +136,7 @@ class Segmenter:
         ``initialise``, ``predict`` and ``update``); the benchmark uses it to plant known
         coarse maps in place of the KNN's."""
         self.backbone = backbone
-        self.cfg = cfg or SegmentConfig.paper_sd()
+        self.cfg = cfg or backbone.default_config()
         self.window_context = window_context
         self.stats = RunStats()
         if self.cfg.upsample.method == "modulation" and not backbone.can_modulate:

@@ -193,11 +193,11 @@ def run_dataset(
     otherwise existing outputs are overwritten file by file. An exception in a video is
     recorded in ``run_manifest_<rank>.json`` and re-raised, never skipped.
     """
-    cfg = cfg or SegmentConfig.paper_sd()
     rank, world = rank_from_env() if shard is None else (int(shard[0]), int(shard[1]))
     items = shard_videos(dataset.videos, rank, world)
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device=local_device())
+    cfg = cfg or backbone.default_config()
     key = config_hash(cfg, backbone, use_first_frame_gt)
     out = Path(out_root)
     out.mkdir(parents=True, exist_ok=True)

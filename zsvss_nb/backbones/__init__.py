@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import SegmentConfig
 from ..errors import ModelNotFoundError
 from . import dinov2, sd, svd
 from .base import Backbone, DiffusionFeatureResult, FeatureResult, ModulationMaps
@@ -33,14 +34,35 @@ class Family:
     name: str
     claims: Callable[[str], bool]
     load: Callable[[str, torch.device, torch.dtype], Backbone]
+    backbone: type[Backbone]
     builtin: tuple[str, ...] = ()
 
 
 REGISTRY: tuple[Family, ...] = (
-    Family("svd", svd.is_svd_spec, lambda n, dev, dt: svd.load_svd(n, dt, dev), svd.BUILTIN),
-    Family("dinov2", lambda name: name in dinov2.BUILTIN, dinov2.load, dinov2.BUILTIN),
-    Family("sd", lambda name: True, sd.load_sd, sd.BUILTIN),  # folders, files, repo ids
+    Family(
+        "svd",
+        svd.is_svd_spec,
+        lambda n, dev, dt: svd.load_svd(n, dt, dev),
+        svd.StableVideoDiffusion,
+        svd.BUILTIN,
+    ),
+    Family(
+        "dinov2", lambda name: name in dinov2.BUILTIN, dinov2.load, dinov2.DinoV2, dinov2.BUILTIN
+    ),
+    # the fallback: diffusers folders, checkpoint files and repo ids
+    Family("sd", lambda name: True, sd.load_sd, sd.StableDiffusion, sd.BUILTIN),
 )
+
+
+def family_of(spec: str | os.PathLike | None) -> Family:
+    """The family that would load ``spec`` (resolved as :func:`resolve_spec`), without loading."""
+    name = resolve_spec(spec)
+    return next(f for f in REGISTRY if f.claims(name))
+
+
+def default_config_for(spec: str | os.PathLike | None) -> SegmentConfig:
+    """The config a model runs with unless told otherwise, known before it is loaded."""
+    return family_of(spec).backbone.default_config()
 
 
 def resolve_spec(spec: str | os.PathLike | None) -> str:
@@ -92,8 +114,7 @@ def load_backbone(
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     name = resolve_spec(spec)
     log.info("loading backbone %s on %s (%s)", name, device, dtype)
-    family = next(f for f in REGISTRY if f.claims(name))
-    return family.load(name, device, dtype)
+    return family_of(name).load(name, device, dtype)
 
 
 __all__ = [
@@ -102,6 +123,8 @@ __all__ = [
     "DiffusionFeatureResult",
     "Family",
     "FeatureResult",
+    "default_config_for",
+    "family_of",
     "ModulationMaps",
     "describe_spec",
     "load_backbone",

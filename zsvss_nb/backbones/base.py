@@ -118,8 +118,9 @@ class Backbone:
         """The model's networks, in a fixed order (what :meth:`fingerprint` hashes)."""
         return []
 
-    def default_config(self) -> SegmentConfig:
-        """The paper's settings for this model."""
+    @classmethod
+    def default_config(cls) -> SegmentConfig:
+        """The settings this model runs with unless told otherwise (the paper's, for SD/SVD)."""
         return SegmentConfig.paper_sd()
 
     def extract_features(

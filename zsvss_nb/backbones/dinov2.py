@@ -307,6 +307,10 @@ class DinoV2(Backbone):
     def modules(self) -> list[nn.Module]:
         return [self.vit] if self.vit is not None else []
 
+    @classmethod
+    def default_config(cls) -> SegmentConfig:
+        return SegmentConfig.dinov2()
+
     def extract_features(
         self,
         images: torch.Tensor,

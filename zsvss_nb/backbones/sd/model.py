@@ -55,7 +55,8 @@ class StableDiffusion(Backbone):
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.unet, self.vae, self.text_encoder) if m is not None]
 
-    def default_config(self) -> SegmentConfig:
+    @classmethod
+    def default_config(cls) -> SegmentConfig:
         return SegmentConfig.paper_sd()
 
     @torch.inference_mode()

@@ -67,7 +67,8 @@ class StableVideoDiffusion(Backbone):
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.unet, self.vae, self.image_encoder) if m is not None]
 
-    def default_config(self) -> SegmentConfig:
+    @classmethod
+    def default_config(cls) -> SegmentConfig:
         return SegmentConfig.paper_svd()
 
     def encode(
