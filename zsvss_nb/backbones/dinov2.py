@@ -19,7 +19,6 @@ import importlib.util
 import re
 import time
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -312,16 +311,14 @@ class DinoV2(Backbone):
         return SegmentConfig.dinov2()
 
     def extract_features(
-        self,
-        images: torch.Tensor,
-        geometry: Geometry,
-        cfg: SegmentConfig,
-        *,
-        extra_blocks: Iterable[int] = (),
-        keep_cache: bool | None = None,
-        started: float | None = None,
+        self, images: torch.Tensor, geometry: Geometry, cfg: SegmentConfig, **options: Any
     ) -> FeatureResult:
-        """Patch tokens of ``cfg.features.dinov2_layer`` [B, H/14, W/14, 384] as the features."""
+        """Patch tokens of ``cfg.features.dinov2_layer`` [B, H/14, W/14, 384] as the features.
+
+        There is one layer and nothing to cache, so of the contract's options only ``started``
+        (when frame preparation began) matters.
+        """
+        started = options.get("started")
         seconds: dict[str, float] = {}
         tic = time.perf_counter()
         seconds["encode"] = tic - (tic if started is None else started)
