@@ -131,12 +131,14 @@ def test_resume_after_interruption_is_byte_identical(
 ):
     out = tmp_path
     key = config_hash(CFG, backbone, False)
-    # Leftovers of an earlier complete run of clip2 and of a killed writer: a "finished" mark,
-    # a garbage frame and a temp file. Running clip2 again must drop the mark first.
+    # Leftovers of an earlier complete run of clip2 under another config (its "finished" mark
+    # and a frame this run does not produce) and of a killed writer (a temp file). The
+    # interrupted re-run must leave that folder exactly as it was; --resume then replaces it.
     (out / "clip2").mkdir(parents=True)
-    (out / "clip2" / DONE_FILE).write_text(json.dumps({"config_hash": key}))
+    (out / "clip2" / DONE_FILE).write_text(json.dumps({"config_hash": "another config"}))
     (out / "clip2" / "004.png").write_bytes(b"not a png")
     temp_path(out / "clip2" / "001.png").write_bytes(b"half")  # a killed write
+    earlier = {p.name: p.read_bytes() for p in (out / "clip2").iterdir()}
 
     original = Segmenter.segment
     calls: list[str] = []
@@ -153,8 +155,9 @@ def test_resume_after_interruption_is_byte_identical(
         run_dataset(dataset, out, backbone, CFG, shard=(0, 1), progress=False)
     assert len(calls) == 2  # clip1 finished, clip2 stopped, clip10 never started
     assert is_finished(out / "clip1", key)
-    assert not (out / "clip2" / DONE_FILE).exists()
-    assert sorted(p.name for p in (out / "clip2").iterdir()) == ["000.png", "001.png", "004.png"]
+    assert not is_finished(out / "clip2", key)
+    assert {p.name: p.read_bytes() for p in (out / "clip2").iterdir()} == earlier
+    assert sorted(p.name for p in out.iterdir()) == ["clip1", "clip2", "run_manifest_0.json"]
     assert not (out / "clip10").exists()
     failed = json.loads((out / "run_manifest_0.json").read_text())
     assert failed["error"]["video"] == "clip2" and failed["error"]["type"] == "KeyboardInterrupt"

@@ -11,24 +11,19 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ZsvssError
+from .errors import ConfigError, ZsvssError, os_problem
 
 log = logging.getLogger("zsvss")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return tuple(value) if isinstance(value, list) else value
-
-
 def build_config(args: argparse.Namespace):
-    """The SegmentConfig named by --preset (default: the model's own), with the overrides."""
+    """The SegmentConfig named by --preset (default: the model's own), with the overrides.
+
+    Every value is type- and range-checked here, before any model loads; ``--set`` values are
+    parsed by the field's declared type (:meth:`SegmentConfig.override`).
+    """
     from .config import SegmentConfig
 
     if getattr(args, "preset", None) is None:
@@ -58,14 +53,7 @@ def build_config(args: argparse.Namespace):
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE, e.g. --set blur_sigma=2.0")
         name, value = item.split("=", 1)
-        stage, _, field = name.rpartition(".")
-        if stage:
-            if stage not in ("features", "context", "refine", "upsample", "svd"):
-                raise ConfigError(f"--set {name}: unknown stage {stage!r}")
-            sub = getattr(cfg, stage).replace(**{field: _parse_value(value)})
-            cfg = cfg.replace(**{stage: sub})
-        else:
-            cfg = cfg.replace(**{field: _parse_value(value)})
+        cfg = cfg.override(name.strip(), value)
     return cfg
 
 
@@ -131,11 +119,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
-    from .pipeline import Segmenter
+    from .pipeline import Segmenter, check_segment_output
     from .video import open_video
 
     cfg = build_config(args)
     video = open_video(args.video, fps=args.fps)
+    check_segment_output(video, args.out, args.first_frame_gt)  # before the model loads
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     backbone.release_text_encoder((cfg.features.prompt,))
     seg = Segmenter(backbone, cfg)
@@ -169,8 +158,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
-    from .datasets import open_dataset
-    from .runner import local_device, run_dataset
+    from .datasets import open_dataset, rank_from_env
+    from .runner import check_dataset_output, local_device, run_dataset
 
     cfg = build_config(args)
     kwargs = {}
@@ -181,6 +170,8 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.format, args.root, split=args.split, **kwargs)
     if args.ignore_index is None and dataset.ignore_index is not None:
         cfg = cfg.replace(ignore_index=dataset.ignore_index)
+    shard = _parse_shard(args.shard)
+    check_dataset_output(dataset, args.out, (shard or rank_from_env())[0])  # before the model
     # under torchrun/accelerate each process takes the GPU of its local rank
     device = args.device or local_device()
     backbone = load_backbone(args.model, dtype=args.dtype, device=device)
@@ -190,7 +181,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
         args.out,
         backbone,
         cfg,
-        shard=_parse_shard(args.shard),
+        shard=shard,
         resume=args.resume,
         use_first_frame_gt=args.first_frame_gt,
         progress=not args.quiet,
@@ -201,7 +192,11 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folders
+    from .outputs import check_output_file
+    from .writers import atomic_write_text
 
+    if args.json:
+        check_output_file(args.json, "--json")  # before the (long) evaluation
     result = evaluate_folders(
         args.pred,
         args.gt,
@@ -214,14 +209,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(result.table())
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(out.name + ".tmp")
-        try:
-            tmp.write_text(result.to_json())
-            tmp.replace(out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(args.json, result.to_json())
     return 0
 
 
@@ -362,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ZsvssError as err:
         print(f"zsvss: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file-system failure the library did not name: still one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"zsvss: error: {where}{os_problem(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zsvss: interrupted", file=sys.stderr)

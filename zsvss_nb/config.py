@@ -11,24 +11,144 @@ are ``up_blocks[1].attentions[0..2]``, 6-8 ``up_blocks[2]...`` (H/16) and 9-11 `
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import re
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
 
+STAGES = ("features", "context", "refine", "upsample", "svd")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices(options: tuple[Any, ...]) -> str:
+    names = [repr(o) for o in options]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _checked(tp: Any, value: Any, name: str) -> Any:
+    """``value`` as field type ``tp`` wants it (an int for a float widened, a list made a
+    tuple), or a one-line ConfigError: ints are ints, bools are bools, floats are finite."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _checked(inner[0], value, name) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: use {_choices(args)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}={value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} must be a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{name}={value!r} must be a list, e.g. 6,7,8")
+        return tuple(_checked(args[0], v, name) for v in value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        raise ConfigError(f"{name} must be a {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _parse(tp: Any, text: str, name: str) -> Any:
+    """The value of ``text`` (a command-line string) for field type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    word = text.strip()
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        if word.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(inner[0], text, name) if len(inner) == 1 else text
+    if tp is bool:
+        flags = {"true": True, "1": True, "yes": True, "on": True}
+        flags |= {"false": False, "0": False, "no": False, "off": False}
+        if word.lower() not in flags:
+            raise ConfigError(f"{name}={text!r} must be true or false")
+        return flags[word.lower()]
+    if tp is int:
+        if not re.fullmatch(r"[+-]?\d+", word):
+            raise ConfigError(f"{name}={text!r} must be an integer")
+        return int(word)
+    if tp is float:
+        try:
+            return float(word)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} must be a number") from None
+    if origin is tuple:
+        items = [w for w in re.split(r"[,\s]+", word.strip("[]() ")) if w]
+        return tuple(_parse(args[0], w, name) for w in items)
+    return text
+
 
 class _Replaceable:
+    _stage: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        """Type-check every field against its annotation (see :func:`_checked`)."""
+        types = _field_types(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            name = f"{self._stage}.{f.name}" if self._stage else f.name
+            checked = _checked(types[f.name], value, name)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+
     def replace(self, **changes: Any):
         """A copy with ``changes`` applied (fields are validated again)."""
-        return dataclasses.replace(self, **changes)
+        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
+        unknown = [k for k in changes if k not in names]
+        if unknown:
+            raise ConfigError(
+                f"{self._stage or type(self).__name__} has no field {unknown[0]!r}; "
+                f"its fields are {', '.join(names)}"
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def parse_field(cls, name: str, text: str) -> Any:
+        """The value of command-line ``text`` for field ``name``, by the field's declared
+        type (``"true"`` for a bool, ``"6,7,8"`` for a tuple, ``"none"`` for an optional)."""
+        types = _field_types(cls)
+        if name not in types or name.startswith("_"):
+            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{cls._stage or cls.__name__} has no field {name!r}; "
+                f"its fields are {', '.join(names)}"
+            )
+        return _parse(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
 
 
 @dataclass(frozen=True)
 class FeatureConfig(_Replaceable):
     """Stage 1: noising, the feature pass and which attention tensors become features."""
+
+    _stage: ClassVar[str] = "features"
 
     num_inference_steps: int = 25  # METHOD 1.2: 25 Euler steps, trailing spacing
     start_step: int = 22  # METHOD 1.2: t* = step index 22 (DDPM t = 119, sigma 0.387)
@@ -46,8 +166,12 @@ class FeatureConfig(_Replaceable):
     # default Image.resize filter (antialiased bicubic); "bilinear" = zsvss 0.1's resize
     max_side: int | None = None  # beyond the paper: downscale so the longer side <= this
     dinov2_layer: int = -1  # comparison backbone only: which ViT layer's patch tokens (-1 = last)
+    vae_tile: int = 128  # beyond the paper: a latent of more than 128x128 tokens (a 1024x1024
+    # frame) is VAE-encoded and decoded in overlapping 128x128-token tiles, diffusers' VAE
+    # tiling, so 4000x3000 frames finish; smaller latents are untouched; 0 = never tile
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.start_step < self.num_inference_steps:
             raise ConfigError(
                 f"start_step={self.start_step} must lie in [0, {self.num_inference_steps})"
@@ -62,18 +186,12 @@ class FeatureConfig(_Replaceable):
         for b in (*self.blocks, self.refine_block):
             if not 3 <= b <= 11:
                 raise ConfigError(f"block {b} has no attention: use decoder blocks 3..11")
-        if self.aggregation not in ("mean", "concat"):
-            raise ConfigError(f"aggregation={self.aggregation!r}: use 'mean' or 'concat'")
-        if self.normalisation not in ("linf", "l2", "none"):
-            raise ConfigError(f"normalisation={self.normalisation!r}: use 'linf', 'l2' or 'none'")
-        if self.size_policy not in ("resize64", "pad64"):
-            raise ConfigError(f"size_policy={self.size_policy!r}: use 'resize64' or 'pad64'")
-        if self.resize_filter not in ("pil-bicubic", "bilinear"):
-            raise ConfigError(
-                f"resize_filter={self.resize_filter!r}: use 'pil-bicubic' or 'bilinear'"
-            )
         if self.aggregation == "mean" and len({_block_res(b) for b in self.blocks}) > 1:
             raise ConfigError(f"blocks {self.blocks} have different resolutions; cannot average")
+        if self.vae_tile < 0:
+            raise ConfigError(f"vae_tile={self.vae_tile} must be >= 0 (0 = never tile)")
+        if self.max_side is not None and self.max_side < 1:
+            raise ConfigError(f"max_side={self.max_side} must be positive (or none)")
 
 
 def _block_res(block: int) -> int:
@@ -84,6 +202,8 @@ def _block_res(block: int) -> int:
 @dataclass(frozen=True)
 class ContextConfig(_Replaceable):
     """Stage 2a: k-means initialisation and the autoregressive KNN scene context model."""
+
+    _stage: ClassVar[str] = "context"
 
     k: int = 20  # METHOD 1.4: --num_masks 20 for VSPW
     n_init: int = 10  # METHOD 1.4: sklearn KMeans(n_init=10)
@@ -102,18 +222,19 @@ class ContextConfig(_Replaceable):
     seed: int = 0  # k-means++ seeding
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.k < 1:
             raise ConfigError(f"k={self.k} must be at least 1")
         if self.n_init < 1 or self.kmeans_iters < 1:
             raise ConfigError("n_init and kmeans_iters must be at least 1")
         if self.knn_k < 1:
             raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
-        if self.propagation not in ("knn", "per-frame-kmeans"):
-            raise ConfigError(f"propagation={self.propagation!r}: use 'knn' or 'per-frame-kmeans'")
-        if self.memory not in ("last", "bank"):
-            raise ConfigError(f"memory={self.memory!r}: use 'last' or 'bank'")
-        if self.kmeans_scope not in ("window", "frame1"):
-            raise ConfigError(f"kmeans_scope={self.kmeans_scope!r}: use 'window' or 'frame1'")
+        if self.kmeans_tol < 0:
+            raise ConfigError(f"kmeans_tol={self.kmeans_tol} must be >= 0")
+        if self.knn_chunk < 1 or self.memory_size < 1:
+            raise ConfigError("knn_chunk and memory_size must be at least 1")
+        if self.spawn_threshold is not None and self.spawn_threshold <= 0:
+            raise ConfigError(f"spawn_threshold={self.spawn_threshold} must be > 0 (or none)")
 
 
 @dataclass(frozen=True)
@@ -126,12 +247,15 @@ class RefineConfig(_Replaceable):
     others (S_0 = cos to the previous frame, which is frame 1).
     """
 
+    _stage: ClassVar[str] = "refine"
+
     enabled: bool = True
     hop_threshold: int = 1  # METHOD 1.6: a hop of more than 1 cell drops the track
     use_aux: bool = True  # METHOD 1.6: blend similarity to frame 1 with weight 1/(t+1)
     paper_compat: bool = False  # True: signed hop test and t = 0 quirk, as the reference
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.hop_threshold < 0:
             raise ConfigError(f"hop_threshold={self.hop_threshold} must be >= 0")
 
@@ -145,6 +269,8 @@ class UpsampleConfig(_Replaceable):
     uint8, subtracted and squared with uint8 wrap-around, and the blurred map is quantised to
     8 bits, so published numbers can be reproduced (METHOD 1.7 step 3, 4.1 item 7).
     """
+
+    _stage: ClassVar[str] = "upsample"
 
     method: Literal["modulation", "bilinear", "nearest", "bilateral"] = "modulation"
     lam: float = 50.0  # METHOD 1.7: lambda = 50 on the CLI (sample() default 10 is overridden)
@@ -187,28 +313,21 @@ class UpsampleConfig(_Replaceable):
         return "bfloat16" in (self.unet_autocast, self.decode_dtype)
 
     def __post_init__(self) -> None:
-        if self.method not in ("modulation", "bilinear", "nearest", "bilateral"):
-            raise ConfigError(f"upsample method={self.method!r} is not known")
-        if self.tensor not in ("attn2_out", "attn1_out"):
-            raise ConfigError(f"tensor={self.tensor!r}: use 'attn2_out' or 'attn1_out'")
+        super().__post_init__()
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"blur_kernel={self.blur_kernel} must be odd and positive")
         if self.modulation_batch < 0:
             raise ConfigError("modulation_batch must be >= 0 (0 = everything in one batch)")
-        if self.execution not in ("batched", "reference"):
-            raise ConfigError(f"execution={self.execution!r}: use 'batched' or 'reference'")
-        if self.output not in ("filtered", "raw"):
-            raise ConfigError(f"output={self.output!r}: use 'filtered' or 'raw'")
         if self.decode_batch < 0:
             raise ConfigError("decode_batch must be >= 0 (0 = every frame in one decode)")
-        if self.unet_autocast not in ("none", "bfloat16", "float16"):
-            raise ConfigError(
-                f"unet_autocast={self.unet_autocast!r}: use 'none', 'bfloat16' or 'float16'"
-            )
-        if self.decode_dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(
-                f"decode_dtype={self.decode_dtype!r}: use 'float32', 'bfloat16' or 'float16'"
-            )
+        if self.lam == 0:
+            raise ConfigError("lam=0 modulates nothing: every difference map would be 0")
+        if self.blur_sigma <= 0:
+            raise ConfigError(f"blur_sigma={self.blur_sigma} must be > 0")
+        if not 0 <= self.outside_weight <= 1:
+            raise ConfigError(f"outside_weight={self.outside_weight} must lie in [0, 1]")
+        if self.bilateral_sigma_space <= 0 or self.bilateral_sigma_color <= 0:
+            raise ConfigError("bilateral_sigma_space and bilateral_sigma_color must be > 0")
 
 
 @dataclass(frozen=True)
@@ -220,6 +339,8 @@ class SvdConfig(_Replaceable):
     over the window (``paper_svd`` sets features.guidance_scale = 2.5, the last frame's scale).
     """
 
+    _stage: ClassVar[str] = "svd"
+
     fps_id: int = 14  # METHOD 1.2: the UNet's first added time id (diffusers' pipeline: fps - 1)
     motion_bucket_id: int = 127  # METHOD 1.2: second added time id
     cond_aug: float = 0.02  # METHOD 1.2: noise on the conditioning frame; third added time id
@@ -229,12 +350,15 @@ class SvdConfig(_Replaceable):
     # reference decodes one at a time (1); 0 = the whole window in one decode
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.decode_frames < 0:
             raise ConfigError(f"decode_frames={self.decode_frames} must be >= 0 (0 = window)")
         if self.cond_aug < 0:
             raise ConfigError(f"cond_aug={self.cond_aug} must be >= 0")
         if self.min_guidance_scale < 0:
             raise ConfigError(f"min_guidance_scale={self.min_guidance_scale} must be >= 0")
+        if self.fps_id < 0 or self.motion_bucket_id < 0:
+            raise ConfigError("fps_id and motion_bucket_id must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -250,6 +374,7 @@ class SegmentConfig(_Replaceable):
     preset: str = "paper-sd"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.window < 1:
             raise ConfigError(f"window={self.window} must be at least 1")
 
@@ -341,12 +466,14 @@ class SegmentConfig(_Replaceable):
             if key in top:
                 continue
             owners = [
-                name
-                for name in ("features", "context", "refine", "upsample", "svd")
-                if key in {f.name for f in fields(getattr(self, name))}
+                name for name in STAGES if key in {f.name for f in fields(getattr(self, name))}
             ]
             if not owners:
-                raise ConfigError(f"no config field is called {key!r}")
+                raise ConfigError(
+                    f"no config field is called {key!r}; name a stage's field as "
+                    f"<stage>.<field> (stages: {', '.join(STAGES)}; top level: "
+                    f"{', '.join(sorted(top - set(STAGES)))})"
+                )
             if len(owners) > 1:
                 raise ConfigError(f"{key!r} is a field of {owners}; set it through the stage")
             routed.setdefault(owners[0], {})[key] = value
@@ -354,6 +481,22 @@ class SegmentConfig(_Replaceable):
             base = direct.get(stage, getattr(self, stage))
             direct[stage] = base.replace(**stage_changes)
         return dataclasses.replace(self, **direct)
+
+    def override(self, name: str, text: str) -> SegmentConfig:
+        """A copy with field ``name`` (``"k"``, or ``"stage.field"``) set from command-line
+        ``text``, parsed by the field's declared type and validated (``--set NAME=VALUE``)."""
+        stage, _, key = name.rpartition(".")
+        if stage:
+            if stage not in STAGES:
+                raise ConfigError(f"--set {name}: unknown stage {stage!r}; use {_choices(STAGES)}")
+            sub = getattr(self, stage)
+            return self.replace(**{stage: sub.replace(**{key: sub.parse_field(key, text)})})
+        if key in {f.name for f in fields(self)} and key not in STAGES:
+            return self.replace(**{key: self.parse_field(key, text)})
+        owners = [s for s in STAGES if key in {f.name for f in fields(getattr(self, s))}]
+        if len(owners) == 1:
+            return self.replace(**{key: getattr(self, owners[0]).parse_field(key, text)})
+        return self.replace(**{key: text})  # unknown or ambiguous: replace() says which
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentConfig:
@@ -367,10 +510,10 @@ class SegmentConfig(_Replaceable):
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key in sub:
-                tuples = {f.name for f in fields(sub[key]) if str(f.type).startswith("tuple")}
-                value = {k: tuple(v) if k in tuples else v for k, v in value.items()}
-                kwargs[key] = sub[key](**value)
+            if key in sub and not isinstance(value, dict):
+                raise ConfigError(f"config {key!r} must be a mapping of its fields")
+            if key in sub:  # lists (JSON) become tuples in the field check
+                kwargs[key] = sub[key]().replace(**value)
             else:
                 kwargs[key] = value
-        return cls(**kwargs)
+        return cls().replace(**kwargs)

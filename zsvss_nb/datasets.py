@@ -41,46 +41,23 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ConfigError, DatasetLayoutError, LabelError
+from .errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 FORMATS = ("vspw", "davis", "camvid", "camvid32", "cityscapes", "folder")
 
+# fmt: off
 CAMVID11_CLASSES = [
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "sign_symbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+    "pedestrian", "bicyclist",
 ]
 CITYSCAPES_CLASSES = [
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
     "bicycle",
 ]
+# fmt: on
 
 
 @dataclass
@@ -226,10 +203,26 @@ def _layout_error(root: Path, fmt: str, expected: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{root}: not a {fmt} dataset; expected {expected}")
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as err:
+        raise PathError(f"{folder}: cannot list the folder ({os_problem(err)})") from err
+
+
 def _images(folder: Path, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
+    """The image files of ``folder`` in natural order; a broken symbolic link among them is an
+    error naming it (skipping it would shift every later frame index)."""
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts]
+    files = []
+    for p in _entries(folder):
+        if p.suffix.lower() not in exts:
+            continue
+        if p.is_symlink() and not p.exists():
+            raise DatasetLayoutError(f"{p}: frame or label is a broken symbolic link")
+        if p.is_file():
+            files.append(p)
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -421,27 +414,34 @@ def _open_folder(
     )
     if split is not None:
         raise _layout_error(root, "folder", "no split (the folder format has none)")
-    found: dict[str, tuple[list[Path], Path]] = {}
+    found: dict[str, tuple[list[Path], Path, Path]] = {}  # name -> frames, source, entry
+    for entry in [] if _images(root) else sorted(_entries(root), key=lambda p: p.name):
+        if entry.is_symlink() and not entry.exists():
+            raise DatasetLayoutError(f"{entry}: video is a broken symbolic link")
+        name, frames, source = entry.name, [], None
+        if entry.is_file() and entry.suffix.lower() in VIDEO_EXTS:
+            name, source = entry.stem, entry
+        elif entry.is_dir() and entry.name != "labels":
+            cand = next((c for c in (entry, entry / "frames") if _images(c)), None)
+            vids = [p for p in _entries(entry) if p.suffix.lower() in VIDEO_EXTS]
+            if cand is None and len(vids) > 1:
+                raise DatasetLayoutError(
+                    f"{entry}: holds {len(vids)} video files; use one per folder"
+                )
+            frames, source = (_images(cand), cand) if cand else ([], vids[0] if vids else None)
+        if source is None:
+            continue
+        if name in found:  # entries are sorted by name, so the message does not depend on order
+            both = f"{found[name][2].name} and {entry.name}"
+            raise DatasetLayoutError(f"{root}: {both} are both video {name!r}; rename one")
+        found[name] = (frames, source, entry)
     if _images(root):
-        found[root.name] = (_images(root), root)
-    else:
-        for entry in root.iterdir():
-            if entry.is_file() and entry.suffix.lower() in VIDEO_EXTS:
-                found.setdefault(entry.stem, ([], entry))
-            elif entry.is_dir() and entry.name != "labels":
-                for cand in (entry, entry / "frames"):
-                    if _images(cand):
-                        found[entry.name] = (_images(cand), cand)
-                        break
-                else:
-                    vids = [p for p in entry.iterdir() if p.suffix.lower() in VIDEO_EXTS]
-                    if len(vids) == 1:
-                        found[entry.name] = ([], vids[0])
+        found[root.name] = (_images(root), root, root)
     if not found:
         raise _layout_error(root, "folder", expected)
     videos = []
     for name in sorted(found, key=natural_key):
-        frames, source = found[name]
+        frames, source, _ = found[name]
         labels = _label_map(root / "labels" / name)
         if not frames:
             bad = [k for k in labels if not k.isdigit()]

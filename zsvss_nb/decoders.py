@@ -4,6 +4,11 @@ Every reader returns uint8 [n, 3, H, W] for sorted, unique, in-range frame indic
 its file handles until :meth:`close`. :func:`to_rgb` is the one conversion of PIL's pixel
 formats to RGB (lossless in meaning, or an error); decoder failures become one-line
 :class:`~zsvss_nb.errors.VideoDecodeError` s naming the file.
+
+Rotation: both video readers return frames as a player shows them, with the container's
+rotation (the display matrix phones write) applied. decord applies it itself; PyAV reports it as
+``VideoFrame.rotation`` (degrees counter-clockwise), which :class:`PyAVReader` applies, so
+labels have the same size and orientation whichever decoder is installed.
 """
 
 from __future__ import annotations
@@ -267,7 +272,10 @@ class PyAVReader:
             raise
 
     def _rgb(self, frame: Any) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24")
+        """The frame as displayed: RGB [H, W, 3] turned by its rotation (as decord does)."""
+        rgb = frame.to_ndarray(format="rgb24")
+        turns = round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
     def _read_by_pts(self, indices: list[int]) -> dict[int, np.ndarray]:
         assert self._pts is not None

@@ -173,6 +173,11 @@ def run_dataset_ray(
     SegmentConfig.from_dict(cfg_dict)  # fail here, not on every worker, on a bad config
     names = [v.name for v in dataset.videos]
     out = Path(out_root).resolve()
+    from .outputs import check_disjoint, check_output_folder
+    from .runner import dataset_inputs
+
+    check_disjoint(out, dataset_inputs(dataset))  # outputs never overwrite the dataset
+    check_output_folder(out, beside=False)
     out.mkdir(parents=True, exist_ok=True)
     if not names:
         return []

@@ -7,6 +7,9 @@ stderr; the API lets them propagate so callers can catch them by type.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class ZsvssError(Exception):
     """Base class of every error zsvss raises on purpose."""
@@ -48,6 +51,18 @@ class DatasetLayoutError(InputError):
     """A dataset root whose folder layout does not match the named format."""
 
 
+class OutputOverlapError(InputError):
+    """An output path that is, contains or lies inside one of the run's inputs."""
+
+
+class PathError(ZsvssError, OSError):
+    """A user path that cannot be used: missing, not a folder, no permission, read-only, full."""
+
+
+class OutputLockedError(ZsvssError):
+    """Another live zsvss run holds the lock of the same output."""
+
+
 class ConfigError(ZsvssError, ValueError):
     """A configuration value that cannot work (e.g. K larger than the number of tokens)."""
 
@@ -66,3 +81,24 @@ class MissingDependencyError(ZsvssError, ImportError):
 
 class DeviceOutOfMemoryError(ZsvssError, RuntimeError):
     """The device ran out of memory; the message says which knobs reduce memory."""
+
+
+_OS_PROBLEMS = {
+    errno.ENOENT: "does not exist",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "is a folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "name too long",
+}
+
+
+def os_problem(err: OSError) -> str:
+    """A few words for what an OSError means (errno first, then the system's message)."""
+    if err.errno in _OS_PROBLEMS:
+        return _OS_PROBLEMS[err.errno]
+    return err.strerror or os.strerror(err.errno or 0) or type(err).__name__

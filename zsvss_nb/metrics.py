@@ -138,7 +138,11 @@ def clip_consistency(preds: Sequence[Any], gts: Sequence[Any], n: int) -> np.nda
 
 
 def clip_consistency_multi(
-    preds: Sequence[Any], gts: Sequence[Any], ns: Sequence[int]
+    preds: Sequence[Any],
+    gts: Sequence[Any],
+    ns: Sequence[int],
+    num_classes: int | None = None,
+    ignore_index: int | None = 255,
 ) -> dict[int, np.ndarray]:
     """:func:`clip_consistency` for several n in one pass over the frames: n -> [len - n].
 
@@ -146,7 +150,9 @@ def clip_consistency_multi(
     consecutive frames there, i.e. iff its latest change up to frame i+n-1 happened at or before
     frame i. One sweep keeps the index of each pixel's latest change ([H, W], for GT and
     prediction), so memory stays at a few frames whatever the video length. As in the official
-    code the last frame of a video never enters a clip (starts stop at len-n-1).
+    code the last frame of a video never enters a clip (starts stop at len-n-1). With
+    ``num_classes``, a clip whose GT frames hold no valid pixel (all void or out of range) is
+    nan: an all-void GT never changes, so it would otherwise score 100 % whatever was predicted.
     """
     for n in ns:
         if n < 2:
@@ -162,6 +168,11 @@ def clip_consistency_multi(
         raise LabelError(f"frame 0: prediction shape {p_prev.shape} != GT shape {g_prev.shape}")
     g_change = np.zeros(g_prev.shape, dtype=np.int32)
     p_change = np.zeros(g_prev.shape, dtype=np.int32)
+
+    def any_valid(g: np.ndarray) -> bool:
+        return num_classes is None or bool(_valid_gt(g, num_classes, ignore_index).any())
+
+    last_valid = 0 if any_valid(g_prev) else -1  # latest frame with a valid GT pixel
     for t in range(1, total - 1):
         g, p = as_ids(gts[t]), as_ids(preds[t])
         if p.shape != g.shape or g.shape != g_prev.shape:
@@ -171,9 +182,10 @@ def clip_consistency_multi(
             )
         g_change[g != g_prev] = t
         p_change[p != p_prev] = t
+        last_valid = t if any_valid(g) else last_valid
         for n in ns:
             i = t - n + 1
-            if 0 <= i < total - n:
+            if 0 <= i < total - n and last_valid >= i:
                 steady = g_change <= i
                 hits = np.count_nonzero(steady & (p_change <= i))
                 size = np.count_nonzero(steady)
@@ -444,7 +456,8 @@ def evaluate(
         for a, b in zip(mapped, g, strict=True):
             cm.update(a, b)
         for run in _runs(idx):
-            for n, vc in clip_consistency_multi(mapped[run], g[run], vc_ns).items():
+            vcs = clip_consistency_multi(mapped[run], g[run], vc_ns, num_classes, ignore_index)
+            for n, vc in vcs.items():
                 ok = ~np.isnan(vc)
                 vc_sum[n] += float(vc[ok].sum())
                 vc_count[n] += int(ok.sum())

@@ -25,6 +25,13 @@ from .datasets import load_gt
 from .errors import DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
 from .frames import geometry_for, to_grid
+from .outputs import (
+    check_disjoint,
+    check_output_folder,
+    check_replaceable,
+    probe_lock,
+    staged_output,
+)
 from .provenance import model_identity, peak_device_gb, peak_rss_gb, versions
 from .refine import refine
 from .upsample import upsample
@@ -32,6 +39,9 @@ from .video import Video, Window, open_video, window_spans
 from .writers import atomic_write_json, atomic_write_png, write_video
 
 log = logging.getLogger(__name__)
+
+# what Segmenter.run writes into its output folder (anything else there is not replaced)
+SEGMENT_OUTPUTS = ("labels", "color", "overlay.mp4", "manifest.json")
 
 
 @dataclass
@@ -107,8 +117,10 @@ def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
     """
     if isinstance(src, (str, Path)):
         path = Path(src)
-        if not path.is_file():
+        if not path.exists():
             raise LabelError(f"first-frame GT {path} does not exist")
+        if not path.is_file():
+            raise LabelError(f"first-frame GT {path} is not a file")
         array, name = load_gt(path, binary=False), str(path)
     else:
         array, name = np.asarray(src), "first-frame GT array"
@@ -120,6 +132,36 @@ def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
             f"{size_hw[1]}x{size_hw[0]}"
         )
     return torch.from_numpy(array.astype(np.int64))
+
+
+def _segment_owned(path: Path) -> bool:
+    return path.name in SEGMENT_OUTPUTS
+
+
+def check_segment_output(
+    video: Video, out_dir: str | Path, first_frame_gt=None, ignore_index: int = 255
+) -> torch.Tensor | None:
+    """What :meth:`Segmenter.run` checks before it computes anything, callable before a model
+    loads (the CLI does): the first-frame GT fits the video and the uint8 PNGs, ``out_dir``
+    can be written, lies outside every input, holds only zsvss outputs and is not locked by a
+    live run. Returns the GT ids [H, W] (None without GT).
+    """
+    gt_path = first_frame_gt if isinstance(first_frame_gt, (str, Path)) else None
+    ids = None
+    if first_frame_gt is not None:
+        w, h = video.size
+        ids = load_label_mask(first_frame_gt, (h, w))
+        classes = ids[(ids >= 0) & (ids != ignore_index)]
+        if classes.numel() and int(classes.max()) > 255:
+            raise LabelError(
+                f"first-frame GT {gt_path or 'array'}: class id {int(classes.max())} does not "
+                "fit the uint8 label PNGs (ids 0..255, or the ignore id)"
+            )
+    check_disjoint(out_dir, [*video.inputs, *([gt_path] if gt_path is not None else [])])
+    check_output_folder(out_dir)
+    check_replaceable(out_dir, _segment_owned)
+    probe_lock(out_dir)
+    return ids
 
 
 class Segmenter:
@@ -163,11 +205,14 @@ class Segmenter:
         cfg = self.cfg
         w, h = video.size
         try:  # a frame too small for the feature grid fails here, naming the video
-            geometry_for(
+            geometry = geometry_for(
                 h, w, cfg.features.size_policy, self.backbone.size_multiple, cfg.features.max_side
             )
         except FrameSizeError as err:
             raise FrameSizeError(f"{video.source}: {err}") from None
+        advice = self.backbone.size_advice(geometry.processed, cfg)
+        if advice is not None:  # once per video, before the first (long) window
+            log.warning("%s: %s", video.source, advice)
         stats = self.stats = RunStats(frames=len(video))
         gt = None
         if first_frame_gt is not None:
@@ -254,42 +299,32 @@ class Segmenter:
     ) -> dict[str, Any]:
         """Segment ``video`` and write labels/, color/, overlay.mp4 and manifest.json to out_dir.
 
-        Every file is written atomically; manifest.json is written last, so its presence marks
-        a finished run. Returns the manifest.
+        The run writes into a staging folder beside ``out_dir`` and replaces ``out_dir`` as a
+        whole only when it succeeds (:func:`zsvss_nb.outputs.staged_output`): a failed or
+        interrupted run leaves the previous outputs exactly as they were, a rerun leaves no
+        stale frame of an earlier one, and a second run on the same ``out_dir`` at once fails
+        with :class:`~zsvss_nb.errors.OutputLockedError`. An ``out_dir`` that is, contains or
+        lies inside an input is refused. Returns the manifest.
         """
         from .viz import colorize, overlay_panel
 
         out = Path(out_dir)
         video = video if isinstance(video, Video) else open_video(video)
-        if first_frame_gt is not None:  # fail on a bad mask before anything is written
-            w, h = video.size
-            first_frame_gt_ids = load_label_mask(first_frame_gt, (h, w))
-            classes = first_frame_gt_ids[
-                (first_frame_gt_ids >= 0) & (first_frame_gt_ids != self.cfg.context.ignore_index)
-            ]
-            if classes.numel() and int(classes.max()) > 255:
-                where = first_frame_gt if isinstance(first_frame_gt, (str, Path)) else "array"
-                raise LabelError(
-                    f"first-frame GT {where}: class id {int(classes.max())} does not fit the "
-                    "uint8 label PNGs (ids 0..255, or the ignore id)"
-                )
-        created = [d for d in (out, out / "labels", out / "color") if not d.exists()]
-        written: list[Path] = []
+        # fail on a bad mask or output before anything is computed or written
+        first_frame_gt_ids = check_segment_output(
+            video, out, first_frame_gt, self.cfg.context.ignore_index
+        )
         started = time.time()
 
-        def frames():
-            for result in self.segment(
-                video, first_frame_gt_ids if first_frame_gt is not None else None, progress=progress
-            ):
+        def frames(stage: Path):
+            for result in self.segment(video, first_frame_gt_ids, progress=progress):
                 labels = result.labels
                 if int(labels.max()) > 255 or int(labels.min()) < 0:
                     raise LabelError(f"label ids {int(labels.max())} do not fit a uint8 PNG")
                 ids = labels.numpy().astype(np.uint8)
                 tic = time.perf_counter()
                 for folder, image in (("labels", ids), ("color", colorize(ids))):
-                    path = out / folder / f"{result.name}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    written.append(atomic_write_png(path, image))
+                    atomic_write_png(stage / folder / f"{result.name}.png", image)
                 panel = None
                 if overlay:
                     rgb = result.frame.permute(1, 2, 0).cpu().numpy()
@@ -297,24 +332,14 @@ class Segmenter:
                 self.stats.add({"write": time.perf_counter() - tic})
                 yield panel
 
-        try:
+        with staged_output(out, owned=_segment_owned) as stage:
             if overlay:
-                written.append(out / "overlay.mp4")
-                write_video(out / "overlay.mp4", frames(), fps=video.fps or 10.0)
+                write_video(stage / "overlay.mp4", frames(stage), fps=video.fps or 10.0)
             else:
-                for _ in frames():
+                for _ in frames(stage):
                     pass
             manifest = self.manifest(video, first_frame_gt, started)
-            written.append(out / "manifest.json")
-            atomic_write_json(out / "manifest.json", manifest)
-        except BaseException:
-            # an unfinished run leaves nothing behind: no partial folder of outputs
-            for path in written:
-                path.unlink(missing_ok=True)
-            for folder in reversed(created):
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
-            raise
+            atomic_write_json(stage / "manifest.json", manifest)
         return manifest
 
     def manifest(self, video, first_frame_gt, started: float) -> dict[str, Any]:

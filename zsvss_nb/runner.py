@@ -31,11 +31,19 @@ from .backbones import Backbone, load_backbone
 from .config import SegmentConfig
 from .datasets import Dataset, VideoItem, rank_from_env
 from .datasets import shard as shard_videos
-from .errors import ConfigError, DatasetLayoutError, LabelError
+from .errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
+from .outputs import (
+    check_disjoint,
+    check_output_folder,
+    hold_lock,
+    probe_lock,
+    recover,
+    staged_output,
+)
 from .pipeline import Segmenter
 from .provenance import model_identity, versions
 from .video import open_video
-from .writers import atomic_write_json, atomic_write_png, remove_stale_temps
+from .writers import atomic_write_json, atomic_write_png
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,32 @@ def _first_frame_ids(item: VideoItem, dataset: Dataset, cfg: SegmentConfig) -> n
     return ids
 
 
+def _video_owned(path: Path) -> bool:
+    """What a video's prediction folder holds: label PNGs and the finished mark."""
+    return path.name == DONE_FILE or (path.suffix == ".png" and path.is_file())
+
+
+def dataset_inputs(dataset: Dataset) -> list[Path]:
+    """The root and every frame folder, label folder and video file ``dataset`` reads."""
+    inputs: dict[Path, None] = {Path(dataset.root): None}
+    for item in dataset.videos:
+        for path in (*item.frames, *item.labels.values()):
+            inputs[path.parent] = None
+        if item.source is not None:
+            inputs[Path(item.source)] = None
+    return list(inputs)
+
+
+def check_dataset_output(dataset: Dataset, out_root: str | os.PathLike[str], rank: int) -> None:
+    """What :func:`run_dataset` checks before it computes anything, callable before a model
+    loads: ``out_root`` lies outside the dataset's inputs, can be written, and no live process
+    runs rank ``rank`` into it."""
+    out = Path(out_root)
+    check_disjoint(out, dataset_inputs(dataset))
+    check_output_folder(out, beside=False)
+    probe_lock(out / f"run_manifest_{rank}.json")
+
+
 def segment_video_item(
     item: VideoItem,
     out_root: str | os.PathLike[str],
@@ -99,9 +133,12 @@ def segment_video_item(
 ) -> dict[str, Any]:
     """Segment one dataset video into ``out_root/<video>/<frame stem>.png``, then ``.done.json``.
 
-    Any earlier ``.done.json`` is removed first, so an interrupted re-run never leaves a stale
-    "finished" mark over a mix of old and new PNGs. ``key`` is :func:`config_hash` (computed when
-    None). Returns ``{"video", "frames", "seconds", "skipped", "config_hash"}``.
+    The video's folder is one transaction (:func:`zsvss_nb.outputs.staged_output`): it is
+    written beside its final place and replaces the previous folder as a whole only when the
+    video finished, so an interrupted or failed re-run leaves the earlier folder exactly as it
+    was and a finished folder never mixes two runs. A second process on the same video fails at
+    once (:class:`~zsvss_nb.errors.OutputLockedError`). ``key`` is :func:`config_hash`
+    (computed when None). Returns ``{"video", "frames", "seconds", "skipped", "config_hash"}``.
     """
     if key is None:
         key = config_hash(cfg, backbone, use_first_frame_gt)
@@ -112,30 +149,26 @@ def segment_video_item(
     else:
         raise DatasetLayoutError(f"video {item.name}: lists no frames and no source file")
     gt = _first_frame_ids(item, dataset, cfg) if use_first_frame_gt else None
-    out_dir = Path(out_root) / item.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / DONE_FILE).unlink(missing_ok=True)
-    remove_stale_temps(out_dir)
     tic = time.perf_counter()
     seg = Segmenter(backbone, cfg)
     count = 0
-    with video:
+    with video, staged_output(Path(out_root) / item.name, owned=_video_owned) as stage:
         for result in seg.segment(video, first_frame_gt=gt, progress=progress):
-            atomic_write_png(out_dir / f"{result.name}.png", result.labels.numpy())
+            atomic_write_png(stage / f"{result.name}.png", result.labels.numpy())
             count += 1
-    seconds = round(time.perf_counter() - tic, 3)
-    atomic_write_json(
-        out_dir / DONE_FILE,
-        {
-            "video": item.name,
-            "frames": count,
-            "seconds": seconds,
-            "config_hash": key,
-            "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
-            "zsvss_version": versions()["zsvss"],
-            "stats": seg.stats.to_dict(),
-        },
-    )
+        seconds = round(time.perf_counter() - tic, 3)
+        atomic_write_json(
+            stage / DONE_FILE,
+            {
+                "video": item.name,
+                "frames": count,
+                "seconds": seconds,
+                "config_hash": key,
+                "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
+                "zsvss_version": versions()["zsvss"],
+                "stats": seg.stats.to_dict(),
+            },
+        )
     return {
         "video": item.name,
         "frames": count,
@@ -190,8 +223,10 @@ def run_dataset(
     from the launcher's environment (:func:`rank_from_env`: torchrun, accelerate, MPI, SLURM),
     (0, 1) when there is none.
     With ``resume``, videos whose ``.done.json`` carries this run's config hash are skipped;
-    otherwise existing outputs are overwritten file by file. An exception in a video is
-    recorded in ``run_manifest_<rank>.json`` and re-raised, never skipped.
+    otherwise each video's folder is replaced as a whole once that video finishes. An exception
+    in a video is recorded in ``run_manifest_<rank>.json`` and re-raised, never skipped; the
+    video's previous folder stays as it was. ``out_root`` must lie outside the dataset's root
+    and its frame and label folders, and one process per rank may write it at a time.
     """
     rank, world = rank_from_env() if shard is None else (int(shard[0]), int(shard[1]))
     items = shard_videos(dataset.videos, rank, world)
@@ -200,7 +235,11 @@ def run_dataset(
     cfg = cfg or backbone.default_config()
     key = config_hash(cfg, backbone, use_first_frame_gt)
     out = Path(out_root)
-    out.mkdir(parents=True, exist_ok=True)
+    check_dataset_output(dataset, out, rank)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathError(f"{out}: cannot create the output folder ({os_problem(err)})") from err
     started = time.time()
     tic = time.perf_counter()
     done: list[dict[str, Any]] = []
@@ -233,27 +272,31 @@ def run_dataset(
             "seconds": round(time.perf_counter() - tic, 3),
         }
 
+    manifest_path = out / f"run_manifest_{rank}.json"
     bar = tqdm(items, desc=f"videos [shard {rank}/{world}]", unit="video", disable=not progress)
-    try:
-        for item in bar:
-            if resume and is_finished(out / item.name, key):
-                skipped.append(item.name)
-                continue
-            try:
-                done.append(
-                    segment_video_item(
-                        item, out, backbone, cfg, use_first_frame_gt, dataset, key=key
+    # one process per rank and output: a second one with the same shard fails here at once
+    with hold_lock(manifest_path):
+        recover(manifest_path)
+        try:
+            for item in bar:
+                if resume and is_finished(out / item.name, key):
+                    skipped.append(item.name)
+                    continue
+                try:
+                    done.append(
+                        segment_video_item(
+                            item, out, backbone, cfg, use_first_frame_gt, dataset, key=key
+                        )
                     )
-                )
-            except BaseException as err:
-                error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
-                # INFO, not ERROR: the caller reports the re-raised error (the CLI in one line)
-                log.info("video %s failed: %s", item.name, err)
-                raise
-    finally:
-        bar.close()
-        result = manifest()
-        atomic_write_json(out / f"run_manifest_{rank}.json", result)
+                except BaseException as err:
+                    error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
+                    # INFO, not ERROR: the caller reports the re-raised error (the CLI: one line)
+                    log.info("video %s failed: %s", item.name, err)
+                    raise
+        finally:
+            bar.close()
+            result = manifest()
+            atomic_write_json(manifest_path, result)
     return result
 
 

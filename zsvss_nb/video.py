@@ -38,9 +38,11 @@ from .errors import (
     FrameSizeError,
     InputError,
     MissingDependencyError,
+    PathError,
     UnsupportedImageError,
     VideoDecodeError,
     VideoNotFoundError,
+    os_problem,
 )
 from .frames import Geometry, geometry_for, prepare_frames, restore, to_grid
 from .writers import atomic_write_png, write_video
@@ -101,6 +103,7 @@ class Video:
         fps: float | None,
         names: Sequence[str],
         source: str,
+        inputs: Sequence[Path] = (),
     ) -> None:
         self._reader: Reader | None = reader
         self._length = length
@@ -108,6 +111,7 @@ class Video:
         self._fps = fps
         self._names = tuple(names)
         self._source = source
+        self._inputs = tuple(inputs)
 
     def __len__(self) -> int:
         return self._length
@@ -131,6 +135,12 @@ class Video:
     def source(self) -> str:
         """Where the frames come from (a path, or a description of the array)."""
         return self._source
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files and folders the frames are read from (none for an array): what an
+        output must never overwrite."""
+        return list(self._inputs)
 
     def __repr__(self) -> str:
         w, h = self._size
@@ -193,7 +203,9 @@ def _index_names(length: int) -> list[str]:
     return [f"{i:0{width}d}" for i in range(length)]
 
 
-def _open_images(paths: list[Path], fps: float | None, source: str) -> Video:
+def _open_images(
+    paths: list[Path], fps: float | None, source: str, inputs: Sequence[Path] = ()
+) -> Video:
     """Check headers (size and pixel format) without decoding pixels, then wrap the files."""
     seen: dict[str, Path] = {}
     size: tuple[int, int] | None = None
@@ -216,7 +228,8 @@ def _open_images(paths: list[Path], fps: float | None, source: str) -> Video:
                 f"{size[0]}x{size[1]}; all frames must have one size"
             )
     assert size is not None
-    return Video(ImageReader(paths, size), len(paths), size, fps, [p.stem for p in paths], source)
+    names = [p.stem for p in paths]
+    return Video(ImageReader(paths, size), len(paths), size, fps, names, source, inputs or paths)
 
 
 def _open_video_file(path: Path, fps: float | None, backend: str) -> Video:
@@ -248,7 +261,8 @@ def _open_video_file(path: Path, fps: float | None, backend: str) -> Video:
             )
         raise VideoDecodeError(f"{path}: cannot decode video ({'; '.join(failures)})")
     fps = fps if fps is not None else reader.fps
-    return Video(reader, reader.length, reader.size, fps, _index_names(reader.length), str(path))
+    names = _index_names(reader.length)
+    return Video(reader, reader.length, reader.size, fps, names, str(path), [path])
 
 
 def _open_array(array: np.ndarray | torch.Tensor, fps: float | None) -> Video:
@@ -301,17 +315,22 @@ def open_video(
         if not path.exists():
             raise VideoNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
-            frames = [
-                p
-                for p in path.iterdir()
-                if p.suffix.lower() in IMAGE_EXTENSIONS
-                and p.is_file()
-                and not p.name.startswith(".")
-            ]
+            try:
+                entries = list(path.iterdir())
+            except OSError as err:
+                raise PathError(f"{path}: cannot list the folder ({os_problem(err)})") from err
+            frames = []
+            for p in entries:
+                if p.suffix.lower() not in IMAGE_EXTENSIONS or p.name.startswith("."):
+                    continue
+                if p.is_symlink() and not p.exists():
+                    raise VideoNotFoundError(f"{p}: frame is a broken symbolic link")
+                if p.is_file():
+                    frames.append(p)
             if not frames:
                 raise EmptyVideoError(f"{path}: folder holds no jpg/jpeg/png frames")
             frames.sort(key=lambda p: natural_key(p.stem))
-            return _open_images(frames, fps, str(path))
+            return _open_images(frames, fps, str(path), [path])
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
             return _open_video_file(path, fps, backend)
@@ -326,11 +345,14 @@ def open_video(
             raise EmptyVideoError("empty list of frame paths")
         paths = [Path(p).expanduser() for p in src]
         for path in paths:
+            if path.is_symlink() and not path.exists():
+                raise VideoNotFoundError(f"{path}: frame is a broken symbolic link")
             if not path.is_file():
                 raise VideoNotFoundError(f"{path}: no such image file")
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise InputError(f"{path}: not a jpg/jpeg/png frame")
-        return _open_images(paths, fps, f"<list of {len(paths)} images from {paths[0].parent}>")
+        source = f"<list of {len(paths)} images from {paths[0].parent}>"
+        return _open_images(paths, fps, source, list(dict.fromkeys(p.parent for p in paths)))
     raise InputError(f"cannot open {type(src).__name__} as a video")
 
 

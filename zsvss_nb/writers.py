@@ -8,6 +8,7 @@ killed process left behind. A half-written file is never visible under its final
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import EmptyVideoError, FrameSizeError, InputError, LabelError, MissingDependencyError
+from .errors import (
+    EmptyVideoError,
+    FrameSizeError,
+    InputError,
+    LabelError,
+    MissingDependencyError,
+    PathError,
+    os_problem,
+)
 
 TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
@@ -58,16 +67,21 @@ def remove_stale_temps(folder: str | os.PathLike[str], recursive: bool = False) 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` to create the file at a temp name, then rename it over ``path``.
 
-    On any failure (or interrupt) the temp file is removed and ``path`` is left as it was.
+    On any failure (or interrupt) the temp file is removed and ``path`` is left as it was. A
+    file-system failure (permission, read-only, disk full...) is a :class:`PathError` naming
+    ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise PathError(f"{path}: cannot write ({os_problem(err)})") from err
         raise
     return path
 

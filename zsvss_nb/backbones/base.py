@@ -152,6 +152,11 @@ class Backbone:
         """The per-class difference maps of masked modulation for masks [K, B, h, w]."""
         raise ConfigError(f"masked modulation needs a diffusion backbone, not {self.kind!r}")
 
+    def size_advice(self, image_hw: tuple[int, int], cfg: SegmentConfig) -> str | None:
+        """A one-line warning when frames processed at ``image_hw`` (H', W') are so large that
+        the model changes how it runs or needs far more memory (None: nothing to say)."""
+        return None
+
     def release_text_encoder(self, prompts: tuple[str, ...] = ("",)) -> None:
         """Drop a text encoder once ``prompts`` are embedded (a no-op without one)."""
 

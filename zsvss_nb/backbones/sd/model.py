@@ -7,6 +7,7 @@ the model-specific part of stage 3 in :mod:`.modulation`; loading in :mod:`.weig
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from torch import nn
 from ...config import SegmentConfig
 from ...errors import ConfigError
 from ..base import Backbone
-from ..common import vae_encode
+from ..common import diffusers_tiling, is_tiled, vae_encode, vae_size_advice
 from .modulation import sd_modulation_maps
 from .passes import extract_sd, unet_eps
 
@@ -100,23 +101,33 @@ class StableDiffusion(Backbone):
         generator: torch.Generator | None,
         sample: bool = True,
         batch: int = 4,
+        tile: int = 0,
     ) -> torch.Tensor:
-        """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8]."""
-        return vae_encode(self.vae, images, generator, LATENT_SCALE, sample, batch)
+        """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8]
+        (in diffusers' tiles above ``tile`` x ``tile`` latent tokens; 0 = never)."""
+        return vae_encode(self.vae, images, generator, LATENT_SCALE, sample, batch, tile)
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, dtype: torch.dtype = torch.float32, tile: int = 0
+    ) -> torch.Tensor:
         """Decode scaled latents [B, 4, h, w] to float images [B, 3, 8h, 8w] in [0, 1].
 
         The VAE's weights stay float32 (METHOD 1.8); a lower ``dtype`` runs it under autocast.
+        Latents of more than ``tile`` x ``tile`` tokens are decoded with diffusers' tiling.
         """
         z = (latents / LATENT_SCALE).to(self.device, torch.float32)
-        if dtype == torch.float32:
-            image = self.vae.decode(z).sample
-        else:
-            with torch.autocast(self.device.type, dtype=dtype):
+        tiling = diffusers_tiling(self.vae, tile) if is_tiled(z.shape[-2:], tile) else nullcontext()
+        with tiling:
+            if dtype == torch.float32:
                 image = self.vae.decode(z).sample
+            else:
+                with torch.autocast(self.device.type, dtype=dtype):
+                    image = self.vae.decode(z).sample
         return ((image.float() + 1) / 2).clamp(0, 1)
+
+    def size_advice(self, image_hw: tuple[int, int], cfg: SegmentConfig) -> str | None:
+        return vae_size_advice(self.vae, image_hw, cfg.features.vae_tile)
 
     extract_features = extract_sd  # stage 1 (the contract's entry point)
     modulation_maps = sd_modulation_maps  # stage 3's model-specific part

@@ -283,14 +283,16 @@ def sd_modulation_maps(
     vae_decodes = 0
     if reference:  # the reference decodes the unmodulated pass too, though nothing uses it
         tic = time.perf_counter()
-        backbone.decode(feats.latents[end - 1], dtype=dtype)
+        backbone.decode(feats.latents[end - 1], dtype=dtype, tile=cfg.features.vae_tile)
         vae_decodes += B
         seconds["decode"] += time.perf_counter() - tic
     pair_ids = torch.arange(triples.shape[0] // 2)
     for pairs in pair_ids.split(pair_batch) if pair_ids.numel() else []:
         tic = time.perf_counter()
         plus_minus = backbone.decode(
-            finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()], dtype=dtype
+            finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()],
+            dtype=dtype,
+            tile=cfg.features.vae_tile,
         )
         vae_decodes += plus_minus.shape[0]
         seconds["decode"] += time.perf_counter() - tic

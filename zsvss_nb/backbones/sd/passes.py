@@ -112,7 +112,9 @@ def encode_and_noise(
 ) -> tuple[torch.Tensor, float]:
     """z_{t*} = z0 + sigma_{t*} * eps with the generator seeded per window (METHOD 1.2)."""
     gen = torch.Generator(device=backbone.device).manual_seed(cfg.features.seed)
-    z0 = backbone.encode(images, gen, sample=cfg.features.sample_posterior).float()
+    z0 = backbone.encode(
+        images, gen, sample=cfg.features.sample_posterior, tile=cfg.features.vae_tile
+    ).float()
     eps = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
     sigma = float(schedule.sigmas[cfg.features.start_step])
     return z0 + sigma * eps, sigma

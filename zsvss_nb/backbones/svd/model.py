@@ -6,6 +6,7 @@ loading in :mod:`.weights`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from ...config import SegmentConfig
 from ..base import Backbone
-from ..common import vae_encode
+from ..common import is_tiled, tiled_apply, vae_encode, vae_factor, vae_size_advice
 from .modulation import svd_modulation_maps
 from .passes import extract_svd
 
@@ -77,9 +78,14 @@ class StableVideoDiffusion(Backbone):
         generator: torch.Generator | None,
         sample: bool = True,
         batch: int = 4,
+        tile: int = 0,
     ) -> torch.Tensor:
-        """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8]."""
-        return vae_encode(self.vae, images, generator, SVD_LATENT_SCALE, sample, batch)
+        """VAE-encode images [B, 3, H, W] in [0, 1] to scaled latents [B, 4, H/8, W/8]
+        (in tiles above ``tile`` x ``tile`` latent tokens; 0 = never)."""
+        return vae_encode(self.vae, images, generator, SVD_LATENT_SCALE, sample, batch, tile)
+
+    def size_advice(self, image_hw: tuple[int, int], cfg: SegmentConfig) -> str | None:
+        return vae_size_advice(self.vae, image_hw, cfg.features.vae_tile)
 
     @torch.inference_mode()
     def decode(
@@ -88,13 +94,17 @@ class StableVideoDiffusion(Backbone):
         dtype: torch.dtype = torch.float32,
         frames_per_decode: int = 1,
         batch: int = 16,
+        tile: int = 0,
     ) -> torch.Tensor:
         """Decode scaled latents [N, 4, h, w] (consecutive frames) to images [N, 3, 8h, 8w].
 
         ``frames_per_decode``: how many consecutive frames the temporal decoder sees together;
         1 is the reference (decoding_t = 1: every frame alone; computed ``batch`` frames per call,
         which gives the same result), 0 the whole sequence at once. The VAE stays float32; a
-        lower ``dtype`` runs it under autocast. Images are in [0, 1].
+        lower ``dtype`` runs it under autocast. Images are in [0, 1]. Latents of more than
+        ``tile`` x ``tile`` tokens are decoded in overlapping tiles (:func:`tiled_apply`: the
+        temporal decoder has no tiling of its own; it mixes frames per pixel, so spatial tiles
+        keep its temporal behaviour).
         """
         scale = float(getattr(self.vae.config, "scaling_factor", SVD_LATENT_SCALE))
         z = (latents / scale).to(self.device, torch.float32)
@@ -104,13 +114,23 @@ class StableVideoDiffusion(Backbone):
             groups = [(c, 1) for c in z.split(max(1, batch))]
         else:
             groups = [(c, c.shape[0]) for c in z.split(k)]
+        f = vae_factor(self.vae)
         out = []
         for chunk, frames in groups:
+
+            def run(part: torch.Tensor, frames: int = frames) -> torch.Tensor:
+                return self.vae.decode(part, num_frames=frames).sample
+
+            call = (
+                partial(tiled_apply, run, tile=tile, scale=f)
+                if is_tiled(z.shape[-2:], tile)
+                else run
+            )
             if dtype == torch.float32:
-                image = self.vae.decode(chunk, num_frames=frames).sample
+                image = call(chunk)
             else:
                 with torch.autocast(self.device.type, dtype=dtype):
-                    image = self.vae.decode(chunk, num_frames=frames).sample
+                    image = call(chunk)
             out.append(image.float())
         return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 

@@ -115,9 +115,10 @@ def svd_modulation_maps(
     # empty decodes the unmodulated latent in both passes: its D is exactly 0
     exact_skip = per_frame and ucfg.skip_empty and not reference and (end - 1) in ucfg.blend_steps
     vae_decodes = 0
+    tile = cfg.features.vae_tile
     if reference:  # the reference decodes the unmodulated pass too, though nothing uses it
         tic = time.perf_counter()
-        backbone.decode(feats.latents[end - 1], dtype, scfg.decode_frames)
+        backbone.decode(feats.latents[end - 1], dtype, scfg.decode_frames, tile=tile)
         vae_decodes += num_frames
         seconds["decode"] += time.perf_counter() - tic
     for j, k in enumerate(run_k.tolist()):
@@ -128,12 +129,12 @@ def svd_modulation_maps(
         tic = time.perf_counter()
         if per_frame:
             images = backbone.decode(
-                torch.cat([plus[sel], minus[sel]]), dtype, 1, batch=decode_batch
+                torch.cat([plus[sel], minus[sel]]), dtype, 1, batch=decode_batch, tile=tile
             )
             img_plus, img_minus = images.chunk(2)
         else:
-            img_plus = backbone.decode(plus, dtype, scfg.decode_frames)[sel]
-            img_minus = backbone.decode(minus, dtype, scfg.decode_frames)[sel]
+            img_plus = backbone.decode(plus, dtype, scfg.decode_frames, tile=tile)[sel]
+            img_minus = backbone.decode(minus, dtype, scfg.decode_frames, tile=tile)[sel]
         vae_decodes += 2 * (sel.numel() if per_frame else num_frames)
         seconds["decode"] += time.perf_counter() - tic
         tic = time.perf_counter()

@@ -32,7 +32,7 @@ from ...errors import ConfigError
 from ...frames import Geometry
 from ...ops import gaussian_kernel1d
 from ..base import DiffusionFeatureResult
-from ..common import Schedule, query_features
+from ..common import Schedule, query_features, vae_moments
 
 if TYPE_CHECKING:
     from .model import StableVideoDiffusion
@@ -190,7 +190,8 @@ def condition(
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     vae_dtype = next(backbone.vae.parameters()).dtype
     noisy = (x + scfg.cond_aug * noise).to(vae_dtype)
-    latent = backbone.vae.encode(noisy).latent_dist.mode().float()
+    # the posterior's mode is its mean: the first half of the moments
+    latent = vae_moments(backbone.vae, noisy, cfg.features.vae_tile).chunk(2, dim=1)[0].float()
     guidance = guidance_scales(num_frames, scfg.min_guidance_scale, cfg.features.guidance_scale).to(
         backbone.device
     )
@@ -269,7 +270,7 @@ def extract_svd(
     gen = torch.Generator(device=backbone.device).manual_seed(fcfg.seed)
     # one generator per window (METHOD 1.2), drawn in the reference's order: posterior
     # sample, the conditioning frame's noise, then the noise of the forward process
-    z0 = backbone.encode(images, gen, sample=fcfg.sample_posterior).float()
+    z0 = backbone.encode(images, gen, sample=fcfg.sample_posterior, tile=fcfg.vae_tile).float()
     cond = condition(backbone, images[:1], num_frames, cfg, gen)
     eps = torch.randn(z0.shape, generator=gen, device=z0.device, dtype=z0.dtype)
     sigma = float(schedule.sigmas[fcfg.start_step])
