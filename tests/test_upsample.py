@@ -88,9 +88,9 @@ def run(tiny, feats):
             eps_inputs.append(z.clone())
             return orig_eps(backbone, z, *args, **kwargs)
 
-        def decode_spy(latents, dtype=torch.float32):
+        def decode_spy(latents, dtype=torch.float32, **kwargs):
             decoded.append(latents.clone())
-            return orig_decode(latents, dtype=dtype)
+            return orig_decode(latents, dtype=dtype, **kwargs)
 
         sd_mod.unet_eps, tiny.decode = eps_spy, decode_spy
         try:
@@ -176,8 +176,17 @@ def test_modulation_response_is_concentrated_in_the_mask(run):
     assert len(wins) == 4 and sum(wins) >= 3
 
 
-def test_lambda_zero_gives_zero_difference_and_coarse_fallback(run):
-    res, _, _ = run(SUB, lam=0.0)
+def test_lambda_zero_is_refused_and_no_evidence_falls_back_to_coarse(tiny, feats, monkeypatch):
+    with pytest.raises(ConfigError, match="lam=0"):  # it would modulate nothing (issue #16)
+        UpsampleConfig(lam=0.0)
+    real = type(tiny).modulation_maps
+
+    def silent(self, *args, **kwargs):  # what lambda = 0 gave: every difference map 0
+        maps = real(self, *args, **kwargs)
+        return dataclasses.replace(maps, diff=torch.zeros_like(maps.diff))
+
+    monkeypatch.setattr(type(tiny), "modulation_maps", silent)
+    res = modulate(tiny, feats, _coarse(), SegmentConfig.tiny(), torch.tensor(SUB))
     assert torch.count_nonzero(res.diff) == 0
     # no evidence anywhere: every pixel falls back to the nearest-upsampled coarse label
     coarse_px = F.interpolate(_coarse()[:, None].float(), size=(S, S), mode="nearest")[:, 0]

@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import socket
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def _flock(fd: int) -> bool | None:
     return True
 
 
-def _acquire(target: Path) -> int:
+def _acquire(target: Path, record: bool = True) -> int:
     path = lock_path(target)
     host = socket.gethostname()
     for _ in range(5):
@@ -215,15 +214,15 @@ def _acquire(target: Path) -> int:
                     path,
                     _describe(holder),
                 )
-            record = {
-                "pid": os.getpid(),
-                "host": host,
-                "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)[:500],
-            }
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(record).encode("utf-8"))
+            if record:
+                me = {
+                    "pid": os.getpid(),
+                    "host": host,
+                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                }
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, json.dumps(me).encode("utf-8"))
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
@@ -233,13 +232,14 @@ def _acquire(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def hold_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
+def hold_lock(target: str | os.PathLike[str], record: bool = True) -> Iterator[Path]:
     """Hold the lock of output ``target`` for the ``with`` block; yields the lock file's path.
 
-    Raises :class:`OutputLockedError` at once when a live run holds it.
+    Raises :class:`OutputLockedError` at once when a live run holds it. ``record``: write this
+    process's pid, host and start time into the lock file (what a second run reports).
     """
     target = Path(target)
-    fd = _acquire(target)
+    fd = _acquire(target, record)
     try:
         yield lock_path(target)
     finally:
@@ -252,7 +252,7 @@ def probe_lock(target: str | os.PathLike[str]) -> None:
     """Fail now, before a model loads, if a live run holds ``target``'s lock."""
     target = Path(target)
     if _nearest_existing(target.parent) == target.parent:
-        with hold_lock(target):
+        with hold_lock(target, record=False):
             pass
 
 
