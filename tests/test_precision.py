@@ -81,6 +81,11 @@ def test_unet_autocast_still_overrides_only_the_modulated_passes(tiny):
 def test_auto_follows_the_device(monkeypatch):
     assert common.unet_dtype("fp16", "cpu") == torch.float16
     monkeypatch.setattr(common, "native_bf16", lambda device: True)
+    # pinned decision (issue 18): until bf16's label agreement is measured on sd21-base-random,
+    # "auto" keeps a CPU with native bf16 in fp32; AUTO_CPU_BF16 is the one switch
+    assert common.AUTO_CPU_BF16 is False
+    assert common.unet_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(common, "AUTO_CPU_BF16", True)
     assert common.unet_dtype("auto", "cpu") == torch.bfloat16
     assert common.unet_dtype("auto", "cuda") == torch.float16  # the paper's autocast
     assert common.unet_dtype("auto", "mps") == torch.float32
@@ -119,3 +124,40 @@ def test_precision_on_the_cli_and_in_old_manifests():
     loaded = SegmentConfig.from_dict(old)
     assert loaded.precision == "fp32"  # what those runs computed in
     assert loaded.upsample.unet_autocast == "none"
+
+
+def test_half_precisions_the_cpu_would_emulate_warn(monkeypatch, caplog):
+    cfg = SegmentConfig.tiny()
+    with caplog.at_level("WARNING", logger=common.log.name):
+        common.warn_if_emulated_bf16(cfg, "cpu")
+        assert not caplog.records  # fp32 is silent
+        common.warn_if_emulated_bf16(cfg.replace(precision="fp16"), "cpu")
+        assert "float16 requested (precision=fp16" in caplog.text
+        caplog.clear()
+        common.warn_if_emulated_bf16(cfg.replace(decode_dtype="float16"), "cuda")
+        assert not caplog.records  # fp16 is CUDA's precision
+        monkeypatch.setattr(common, "native_bf16", lambda device: False)
+        common.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
+        assert "bfloat16 requested (precision=bf16" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(common, "native_bf16", lambda device: True)
+        common.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
+        assert not caplog.records
+
+
+def test_measurement_modes_change_one_thing():
+    base = SegmentConfig.paper_sd()
+    for mode, field, value in (
+        ("bf16-unet", "precision", "bf16"),
+        ("fp32", "precision", "fp32"),
+        ("no-reuse-attention", "reuse_attention", False),
+        ("region-decode", "decode_margin", 8),
+    ):
+        cfg = _mode_config(base, mode, "cpu")
+        got = getattr(cfg, field) if field == "precision" else getattr(cfg.upsample, field)
+        assert got == value, mode
+    assert _mode_config(base, "bf16-unet", "cpu").upsample.decode_dtype == "float32"
+    assert _mode_config(base, "bf16-decode", "cpu").precision == "fp32"
+    fast = _mode_config(base, "fast", "cpu")
+    assert (fast.precision, fast.upsample.decode_dtype) == ("bf16", "bfloat16")
+    assert base.upsample.reuse_attention and base.upsample.decode_margin is None  # defaults

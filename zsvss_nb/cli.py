@@ -126,8 +126,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         default=None,
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="UNet compute precision (autocast; default auto: fp16 on CUDA, bf16 on CPUs with "
-        "native bf16, fp32 elsewhere); the VAE decode: --set decode_dtype=...",
+        help="UNet compute precision, feature and modulated passes (autocast; default auto: "
+        "fp16 on CUDA, fp32 on the CPU); the VAE decode: --set decode_dtype=bfloat16",
     )
     p.add_argument(
         "--set",

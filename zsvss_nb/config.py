@@ -180,9 +180,6 @@ class UpsampleConfig(_Replaceable):
     unet_autocast: Literal["none", "bfloat16", "float16"] = "none"  # "none": the modulated
     # passes compute in SegmentConfig.precision like the feature pass; a dtype runs them alone
     # under that autocast instead (beyond the paper; "batched" execution only)
-    signs: Literal["both", "plus"] = "both"  # METHOD 1.7: D = blur(||I+ - I-||); "plus"
-    # (beyond the paper, "batched" only): only the +lambda pass, D = blur(||I+ - I0||) with I0
-    # the unmodulated pass's image (the feature pass's): half the modulated passes
     modulation_cfg: bool = True  # False (beyond the paper): the modulated passes run the
     # conditional branch only (half the UNet work); the feature pass keeps its guidance
     neighbourhood_classes: bool = False  # beyond the paper: a pixel competes only among the
@@ -213,8 +210,6 @@ class UpsampleConfig(_Replaceable):
             raise ConfigError(f"output={self.output!r}: use 'filtered' or 'raw'")
         if self.decode_batch < 0:
             raise ConfigError("decode_batch must be >= 0 (0 = every frame in one decode)")
-        if self.signs not in ("both", "plus"):
-            raise ConfigError(f"signs={self.signs!r}: use 'both' or 'plus'")
         if self.decode_margin is not None and self.decode_margin < 0:
             raise ConfigError(f"decode_margin={self.decode_margin} must be >= 0 or None")
         if self.unet_autocast not in ("none", "bfloat16", "float16"):
@@ -265,9 +260,9 @@ class SegmentConfig(_Replaceable):
     svd: SvdConfig = field(default_factory=SvdConfig)  # used by the SVD backbone only
     preset: str = "paper-sd"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # METHOD 1.8: the UNet (feature
-    # and modulated passes) under torch.autocast, fp16 on CUDA; "auto" = fp16 on CUDA, bf16 on
-    # a CPU with native bf16 (measured: README "Performance"), fp32 elsewhere. The VAE decode
-    # has its own upsample.decode_dtype.
+    # and modulated passes) under torch.autocast, fp16 on CUDA; "auto" = fp16 on CUDA, fp32 on
+    # the CPU (bf16 where native only once measured: backbones.common.AUTO_CPU_BF16). The VAE
+    # decode has its own upsample.decode_dtype.
 
     def __post_init__(self) -> None:
         if self.window < 1:

@@ -5,8 +5,8 @@ machine where other jobs (another notebook kernel, a data loader, a second xdist
 the cores, those spinning threads compete with the threads doing the work and a small tensor op
 can take seconds: 14 tiny-model frames took more than 300 s on 2 busy cores instead of 44 s
 (issue 18). So, before torch is loaded, zsvss sets ``OMP_WAIT_POLICY=PASSIVE`` and
-``OMP_NUM_THREADS`` to the cores this process may use (its CPU affinity, SMT siblings counted
-once, capped by a cgroup CPU quota), each only when the user has not set it. The ``zsvss``
+``OMP_NUM_THREADS`` to the CPUs this process may use (its CPU affinity mask, capped by a cgroup
+CPU quota), each only when the user has not set it. The ``zsvss``
 entry point applies the policy first thing; ``import zsvss_nb`` applies it when torch has not
 been imported yet (a fresh Jupyter kernel). ``ZSVSS_THREAD_POLICY`` names the variables zsvss
 set, so ``zsvss info`` (and child processes) can tell them from the user's.
@@ -83,18 +83,9 @@ def _cgroup_cpu_limit() -> float | None:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on: its affinity mask with SMT siblings counted once (torch's
-    default also counts physical cores), at most the cgroup's CPU quota, at least 1."""
-    cores = set()
-    for cpu in _allowed_cpus():
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(
-                ((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text())
-            )
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-    count = len(cores)
+    """CPUs this process may run on: ``len(os.sched_getaffinity(0))`` (a job scheduler's or
+    ``taskset``'s mask, not the machine's count), at most the cgroup's CPU quota, at least 1."""
+    count = len(_allowed_cpus())
     limit = _cgroup_cpu_limit()
     if limit is not None:
         count = min(count, math.floor(limit))

@@ -56,9 +56,10 @@ def native_bf16(device: torch.device | str) -> bool:
     return True
 
 
-# "auto" on a CPU with native bf16 runs the UNet in bf16: on sd21-base-random its labels agreed
-# with fp32's on >= 99.5 % of the pixels (README "Performance"; zsvss bench --modes fp32,...).
-AUTO_CPU_BF16 = True
+# The one switch for what precision="auto" means on a CPU with native bf16 (avx512_bf16/AMX):
+# False keeps its UNet in fp32. Turn it on only once `zsvss bench --model sd21-base-random ...
+# --modes fp32,bf16-unet` has measured >= 99.5 % label agreement with fp32 there (issue 18).
+AUTO_CPU_BF16 = False
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,7 +67,8 @@ def unet_dtype(precision: str, device: torch.device | str) -> torch.dtype:
     """The dtype the UNet computes in for ``SegmentConfig.precision`` on ``device``.
 
     METHOD 1.8: the reference runs its UNet under ``torch.autocast`` (fp16 on CUDA). "auto" is
-    fp16 on CUDA, bf16 on a CPU with native bf16 (:data:`AUTO_CPU_BF16`), fp32 elsewhere.
+    fp16 on CUDA; on a CPU with native bf16 it is bf16 if :data:`AUTO_CPU_BF16` says so; fp32
+    elsewhere.
     """
     device = torch.device(device)
     if precision != "auto":
@@ -106,7 +108,10 @@ def decode_dtype(cfg: SegmentConfig) -> torch.dtype:
 
 
 def warn_if_emulated_bf16(cfg: SegmentConfig, device: torch.device | str) -> None:
-    """Log a warning when ``cfg`` asks for bfloat16 on a device that would emulate it."""
+    """Log a warning when ``cfg`` asks for a half precision that ``device`` would emulate:
+    bfloat16 without native bf16, or float16 on a CPU (PyTorch's CPU float16 kernels are slow
+    outside AMX-FP16 parts, and fp16 is the paper's CUDA precision, not a CPU speed option)."""
+    device = torch.device(device)
     if cfg.uses_bfloat16 and not native_bf16(device):
         log.warning(
             "bfloat16 requested (precision=%s, unet_autocast=%s, decode_dtype=%s) but %s has no "
@@ -115,6 +120,16 @@ def warn_if_emulated_bf16(cfg: SegmentConfig, device: torch.device | str) -> Non
             cfg.upsample.unet_autocast,
             cfg.upsample.decode_dtype,
             device,
+        )
+    ucfg = cfg.upsample
+    fp16 = cfg.precision == "fp16" or "float16" in (ucfg.unet_autocast, ucfg.decode_dtype)
+    if device.type == "cpu" and fp16:
+        log.warning(
+            "float16 requested (precision=%s, unet_autocast=%s, decode_dtype=%s) on the CPU: "
+            "most CPUs emulate it, far slower than float32; use fp32, or bf16 where native",
+            cfg.precision,
+            ucfg.unet_autocast,
+            ucfg.decode_dtype,
         )
 
 

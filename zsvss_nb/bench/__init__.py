@@ -9,8 +9,10 @@ real video. Frame 1's planted map is the first-frame ground truth (the paper's p
 (features -> context -> refinement -> upsampling -> label/colour PNGs and the overlay video in a
 temporary folder) on the same frames with the same backbone.
 
-Modes are upsampling-config variants (:data:`MODES`): "reference" (the reference code's
-structure, METHOD 1.9), "default" (the package's defaults) and single options beyond them.
+Modes are config variants (:data:`MODES`): "reference" (the reference code's structure, METHOD
+1.9, with its UNet in the precision the reference code uses on this device,
+:func:`reference_precision`), "reference-fp32" (the same in fp32), "default" (the package's
+defaults), "fp32" and the precision modes, and single options beyond them.
 Per mode the benchmark reports wall seconds per frame and per stage, process CPU seconds,
 UNet sample-evaluations and VAE decodes per frame, peak resident memory of the mode (the
 kernel's high-water mark is reset before each mode), peak device memory, bytes the pipeline
@@ -58,8 +60,9 @@ MODES: dict[str, dict[str, Any]] = {
     "no-prefix": {"share_prefix": False},
     "bf16-unet": {"precision": "bf16", "decode_dtype": "float32"},
     "bf16-decode": {"precision": "fp32", "decode_dtype": "bfloat16"},
-    "bf16": {"precision": "bf16", "decode_dtype": "bfloat16"},
     "fast": {"precision": "bf16", "decode_dtype": "bfloat16"},
+    "no-reuse-attention": {"reuse_attention": False},
+    "region-decode": {"decode_margin": 8},  # decode each pair on its mask's box + 64 px
     "no-cfg": {"modulation_cfg": False},
     "neighbourhood": {"neighbourhood_classes": True},
     "compile": {"torch_compile": True},

@@ -54,9 +54,8 @@ log = logging.getLogger(__name__)
 
 
 # -- masked modulation -----------------------------------------------------------------------
-def plan_triples(masks: torch.Tensor, skip_empty: bool, plus_only: bool = False) -> torch.Tensor:
-    """(class index, sign, frame) rows [T, 3] for masks [K, B, h, w]; +1 before -1 per pair
-    (only +1 with ``plus_only``).
+def plan_triples(masks: torch.Tensor, skip_empty: bool) -> torch.Tensor:
+    """(class index, sign, frame) rows [T, 3] for masks [K, B, h, w]; +1 before -1 per pair.
 
     Frame-major, so one UNet call holds few frames and the injected layers' attention
     probabilities, shared by a frame's samples, are computed for few frames per call.
@@ -69,8 +68,6 @@ def plan_triples(masks: torch.Tensor, skip_empty: bool, plus_only: bool = False)
         k, f = k[keep], f[keep]
     pairs = torch.stack([k, f], 1)
     plus = torch.cat([pairs[:, :1], torch.ones_like(pairs[:, :1]), pairs[:, 1:]], 1)
-    if plus_only:
-        return plus
     minus = plus.clone()
     minus[:, 1] = -1
     return torch.stack([plus, minus], 1).flatten(0, 1)
@@ -223,11 +220,7 @@ def sd_modulation_maps(
     reference = ucfg.execution == "reference"
     batch = 1 if reference else ucfg.modulation_batch
     needed, candidates = needed_pairs(masks > 0, ucfg.neighbourhood_classes and not reference)
-    triples = plan_triples(
-        needed,
-        (ucfg.skip_empty or candidates is not None) and batch != 1,
-        plus_only=ucfg.signs == "plus" and not reference,
-    )
+    triples = plan_triples(needed, (ucfg.skip_empty or candidates is not None) and batch != 1)
     cond_only = not ucfg.modulation_cfg and not reference
     if cond_only:
         emb = backbone.prompt_embedding(cfg.features.prompt)
@@ -323,40 +316,29 @@ def sd_modulation_maps(
         vae_decodes += B
         seconds["decode"] += time.perf_counter() - tic
     margin = None if reference else ucfg.decode_margin
-    signs = 2 if reference or ucfg.signs == "both" else 1
-    rows = triples[0::signs]  # one (class, +1, frame) row per pair
-    plus = finals[0::signs]
-    # "plus": D compares I+ with the unmodulated pass's image, which is the feature pass's
-    minus = finals[1::2] if signs == 2 else feats.latents[end - 1][rows[:, 2].to(finals.device)]
-    boxes = pair_boxes(masks, rows, margin, tuple(finals.shape[-2:]))
+    rows = triples[0::2]  # one (class, +1, frame) row per pair; its -1 row follows it
+    hl, wl = finals.shape[-2:]
+    scale = H // hl  # image pixels per latent cell
+    boxes = pair_boxes(masks, rows, margin, (hl, wl))
     pair_ids = torch.arange(rows.shape[0])
-    full = torch.tensor([0, H // 8, 0, W // 8])
-    whole = torch.ones_like(pair_ids, dtype=torch.bool) if boxes is None else (boxes == full).all(1)
+    if boxes is None:
+        whole = torch.ones_like(pair_ids, dtype=torch.bool)
+    else:
+        whole = (boxes == torch.tensor([0, hl, 0, wl])).all(1)
+    # whole-frame pairs decode pair_batch at a time; a cropped pair alone, on its box
     groups = list(pair_ids[whole].split(pair_batch)) if bool(whole.any()) else []
     groups += [pair_ids[j : j + 1] for j in pair_ids[~whole].tolist()]
-    unmodulated: dict[int, torch.Tensor] = {}  # whole-frame decodes of I0 for "plus", per frame
     for pairs in groups:
-        y0, y1, x0, x1 = (0, H // 8, 0, W // 8) if boxes is None else boxes[pairs[0]].tolist()
-        frames = rows[pairs, 2].tolist()
+        y0, y1, x0, x1 = (0, hl, 0, wl) if boxes is None else boxes[pairs[0]].tolist()
         tic = time.perf_counter()
-        if signs == 1 and bool(whole[pairs[0]]):
-            todo = sorted({f for f in frames if f not in unmodulated})
-            if todo:
-                images = backbone.decode(feats.latents[end - 1][todo], dtype=dtype)
-                unmodulated.update(zip(todo, images, strict=True))
-            img_plus = backbone.decode(plus[pairs], dtype=dtype)
-            img_minus = torch.stack([unmodulated[f] for f in frames])
-            vae_decodes += len(pairs) + len(todo)
-        else:
-            both = torch.stack([plus[pairs], minus[pairs]], 1).flatten(0, 1)
-            images = backbone.decode(both[..., y0:y1, x0:x1], dtype=dtype)
-            img_plus, img_minus = images[0::2], images[1::2]
-            vae_decodes += images.shape[0]
+        both = finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()]
+        images = backbone.decode(both[..., y0:y1, x0:x1], dtype=dtype)
+        vae_decodes += images.shape[0]
         seconds["decode"] += time.perf_counter() - tic
         tic = time.perf_counter()
-        d = difference_maps(img_plus, img_minus, ucfg)
+        d = difference_maps(images[0::2], images[1::2], ucfg)
         at = rows[pairs].to(diff.device)
-        diff[at[:, 0], at[:, 2], 8 * y0 : 8 * y1, 8 * x0 : 8 * x1] = d
+        diff[at[:, 0], at[:, 2], scale * y0 : scale * y1, scale * x0 : scale * x1] = d
         seconds["difference"] += time.perf_counter() - tic
     return ModulationMaps(
         diff=diff,
