@@ -109,6 +109,11 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
         assert key in result, key
     assert result["model"] == "tiny" and result["mode"] == "default"
     assert set(result["runs"]) == {"reference", "default", "reference-fp32"}
+    mach = result["machine"]  # the machine's CPU, its bf16 flags and the thread policy
+    assert {"cpu_model", "isa", "omp_wait_policy"} <= set(mach)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert all((f in mach["isa"]) == (f in flags) for f in ("avx512_bf16", "amx_bf16"))
+    assert f"ISA {mach['isa']}" in table and mach["cpu_model"] in table
     assert {k for k, _ in bench.STAGES} <= set(result["stages"])
     assert isinstance(result["label_agreement"], float)
     assert 0.0 <= result["label_agreement"] <= 1.0

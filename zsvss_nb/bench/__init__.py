@@ -387,7 +387,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{work['coarse_maps']} coarse maps; planted (class, frame) pair occupancy "
         f"{work['planted_pair_occupancy']:.2f}",
         f"machine: {mach.get('cpu_model', '?')}, {mach['cpu_count']} CPUs, torch "
-        f"{mach['torch']} ({mach['torch_threads']} threads), ISA {mach.get('isa', [])}, "
+        f"{mach['torch']} ({mach['torch_threads']} threads, OpenMP wait policy "
+        f"{mach.get('omp_wait_policy')}), ISA {mach.get('isa', [])}, "
         f"load average at start {mach.get('load_average')}",
     ]
     for mode, reason in result.get("skipped_modes", {}).items():
