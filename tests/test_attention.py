@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from zsvss_nb.attention import AttentionController, decoder_attention
+from zsvss_nb.attention import AttentionController, SharedProbabilities, decoder_attention
 
 
 def _inputs(seed, n=3):
@@ -124,3 +124,44 @@ def test_modulation_adds_mask_to_attention_output(tiny):
 
 def _run_plain(tiny, x):
     return _run(tiny, x)
+
+
+@pytest.mark.parametrize("processor", [AttnProcessor, AttnProcessor2_0])
+def test_shared_probabilities_equal_plain_injection_and_skip_q_k(tiny, processor, monkeypatch):
+    """softmax(q k^T) once per (CFG half, frame) gives the injected pass's output, whatever
+    processor the layers had, also in small query chunks; to_q/to_k of the shared layers are
+    not run; removal restores the layers' processors."""
+    tiny.unet.set_attn_processor(processor())
+    x = _inputs(5)  # 3 frames, both CFG halves
+    keys = {
+        (b, layer, kind): frozenset({0})
+        for b in range(3, 12)
+        for layer, kind in (("attn1", "q"), ("attn1", "k"), ("attn2", "q"))
+    }
+    with AttentionController(tiny.unet) as ctl:
+        ctl.plan.step = 0
+        ctl.plan.capture = keys
+        _run(tiny, x)
+        stored = dict(ctl.stored)
+    frames = torch.tensor([2, 0, 2, 1, 2])  # one sample per (class, sign), frames repeat
+    x_sub = torch.cat([x[:3][frames], x[3:][frames]]) + 0.3 * _inputs(6, n=5)
+    outs, calls = {}, []
+    shared = [(b, layer) for b in range(3, 12) for layer in ("attn1", "attn2")]
+    for name, share in (("plain", []), ("shared", shared), ("chunked", shared)):
+        if name == "chunked":  # 3 query rows per chunk
+            monkeypatch.setattr(SharedProbabilities, "max_bytes", 3 * 4 * 8 * 77)
+        with AttentionController(tiny.unet, share_probabilities=share) as ctl:
+            handle = decoder_attention(tiny.unet, 9, "attn1").to_q.register_forward_hook(
+                lambda *_, name=name: calls.append(name)
+            )
+            ctl.plan.step = 0
+            ctl.plan.inject = stored
+            ctl.plan.inject_frames = frames
+            outs[name] = _run(tiny, x_sub)
+            handle.remove()
+    assert calls == ["plain"]
+    assert (outs["shared"] - outs["plain"]).abs().max() <= 1e-5
+    assert (outs["chunked"] - outs["plain"]).abs().max() <= 1e-5
+    for b, layer in shared:  # the layers' own processors are back
+        assert isinstance(decoder_attention(tiny.unet, b, layer).processor, processor)
+    tiny.unet.set_attn_processor(AttnProcessor2_0())

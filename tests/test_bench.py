@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from zsvss_nb import bench
 from zsvss_nb.backbones import native_bf16
-from zsvss_nb.backbones.sd.modulation import needed_pairs
+from zsvss_nb.backbones.sd.modulation import needed_pairs, pair_boxes, plan_triples
 from zsvss_nb.backbones.sd.passes import prefix_modules
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
@@ -82,6 +82,8 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
             "--frames",
             "5",
             "--compare-reference",
+            "--modes",
+            "reference-fp32",
             "--json",
             str(out),
         ]
@@ -107,13 +109,24 @@ def test_tiny_benchmark_both_modes_writes_json(tmp_path, capsys):
     ):
         assert key in result, key
     assert result["model"] == "tiny" and result["mode"] == "default"
-    assert set(result["runs"]) == {"reference", "default"}
+    assert set(result["runs"]) == {"reference", "default", "reference-fp32"}
+    mach = result["machine"]  # the machine's CPU, its bf16 flags and the thread policy
+    assert {"cpu_model", "isa", "omp_wait_policy"} <= set(mach)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert all((f in mach["isa"]) == (f in flags) for f in ("avx512_bf16", "amx_bf16"))
+    assert f"ISA {mach['isa']}" in table and mach["cpu_model"] in table
     assert {k for k, _ in bench.STAGES} <= set(result["stages"])
     assert isinstance(result["label_agreement"], float)
     assert 0.0 <= result["label_agreement"] <= 1.0
-    # the default mode is the reference's computation reorganised: same labels
-    assert result["label_agreement"] >= 0.999
-    ref = result["runs"]["reference"]
+    # the reference runs the reference code's UNet precision on this device, the tiny
+    # preset fp32; at the same precision the default is the reference reorganised: same labels
+    want = bench.reference_precision("cpu")
+    assert result["runs"]["reference"]["precision"] == want
+    assert result["runs"]["reference-fp32"]["dtypes"] == "float32/float32"
+    assert result["label_agreement_vs_reference_fp32"] >= 0.999
+    if want == "fp32":
+        assert result["label_agreement"] >= 0.999
+    ref = result["runs"]["reference-fp32"]
     # reference: 3 + 3 * 2 * K UNet evals (x2 CFG) and 1 + 2K decodes per frame, K = 3
     assert ref["unet_evals_per_frame"] == pytest.approx(2 * 3 * (1 + 2 * 3))
     assert ref["vae_decodes_per_frame"] == pytest.approx(1 + 2 * 3)
@@ -330,3 +343,90 @@ def test_cache_omits_what_precedes_the_modulated_layer_at_t_star(tiny, feats):
     # modulating earlier than the features were prepared for needs the pruned entries
     with pytest.raises(ConfigError, match="extract again"):
         modulate(tiny, feats, _coarse(), SegmentConfig.tiny().replace(modulated_blocks=(5,)))
+
+
+def test_attention_reuse_matches_the_plain_modulated_passes(tiny, feats):
+    calls = []
+    handle = (
+        tiny.unet.up_blocks[3]
+        .attentions[0]
+        .transformer_blocks[0]
+        .attn1.to_q.register_forward_hook(lambda *_: calls.append(1))
+    )
+    try:
+        shared = _run(tiny, feats)
+        n_shared = len(calls)
+        plain = _run(tiny, feats, reuse_attention=False)
+        n_plain = len(calls) - n_shared
+    finally:
+        handle.remove()
+    assert n_shared == 0 and n_plain > 0  # injected q is never recomputed with reuse
+    assert torch.equal(shared.labels, plain.labels)
+    assert torch.allclose(shared.diff, plain.diff, atol=1e-4, rtol=0)
+    assert shared.unet_evals == plain.unet_evals
+
+
+def _boxes_loop(masks, pairs, margin, hl, wl):
+    out = []
+    h, w = masks.shape[-2:]
+    for k, _s, f in pairs.tolist():
+        ys, xs = torch.nonzero(masks[k, f] > 0, as_tuple=True)
+        y0, y1 = int(ys.min()) * hl // h - margin, (int(ys.max()) + 1) * hl // h + margin
+        x0, x1 = int(xs.min()) * wl // w - margin, (int(xs.max()) + 1) * wl // w + margin
+        out.append([max(0, y0), min(hl, y1), max(0, x0), min(wl, x1)])
+    return torch.tensor(out)
+
+
+def test_pair_boxes_match_a_loop_reference():
+    masks = F.one_hot(_coarse(), 3).permute(3, 0, 1, 2).float()  # [K, B, 8, 8]
+    pairs = plan_triples(masks > 0, True)[0::2]
+    for margin in (0, 1, 3, 20):
+        got = pair_boxes(masks, pairs, margin, (16, 16))
+        assert torch.equal(got, _boxes_loop(masks, pairs, margin, 16, 16)), margin
+    assert pair_boxes(masks, pairs, None, (16, 16)) is None
+
+
+def test_region_decode_crops_each_pair_and_zeroes_outside(tiny, feats, monkeypatch):
+    shapes = []
+    original = type(tiny).decode
+
+    def spy(self, latents, dtype=torch.float32):
+        shapes.append(tuple(latents.shape[-2:]))
+        return original(self, latents, dtype)
+
+    monkeypatch.setattr(type(tiny), "decode", spy)
+    whole = _run(tiny, feats)
+    n_whole = len(shapes)
+    wide = _run(tiny, feats, decode_margin=16)  # every box is the whole frame
+    assert shapes[n_whole:] == shapes[:n_whole]
+    assert torch.equal(wide.labels, whole.labels) and torch.equal(wide.diff, whole.diff)
+    shapes.clear()
+    crop = _run(tiny, feats, decode_margin=1)
+    masks = F.one_hot(_coarse(), 3).permute(3, 0, 1, 2).float()
+    pairs = plan_triples(masks > 0, True)[0::2]
+    boxes = pair_boxes(masks, pairs, 1, (S // 8, S // 8))
+    assert sorted(shapes) == sorted(
+        (int(b[1] - b[0]), int(b[3] - b[2])) for b in boxes
+    )  # one decode call of (+, -) per pair, on its box
+    blob = 2  # the blob's box in frame 0 covers grid cells 1-3: latent 2-8, +-1 cell
+    inside = torch.zeros(S, S, dtype=torch.bool)
+    inside[8:72, 8:72] = True
+    assert torch.count_nonzero(crop.diff[blob, 0][~inside]) == 0
+    assert torch.count_nonzero(crop.diff[blob, 0][inside]) > 0
+    assert crop.labels.shape == whole.labels.shape
+
+
+def test_load_option_reports_the_loaded_over_idle_ratio(tiny):
+    result = bench.run_benchmark(
+        model="tiny", size=64, frames=2, backbone=tiny, overlay=False, load=1
+    )
+    load = result["load"]
+    assert load["busy_processes"] == 1 and load["loaded_over_idle"] > 0
+    assert load["label_agreement_with_idle"] == 1.0  # the busy processes change no result
+    assert "with 1 busy processes beside it" in bench.format_table(result)
+    assert (
+        bench.run_benchmark(model="tiny", size=64, frames=2, backbone=tiny, overlay=False)["load"]
+        is None
+    )
+    with pytest.raises(ConfigError, match="busy processes"):
+        bench.run_benchmark(model="tiny", size=64, frames=2, backbone=tiny, load=-1)

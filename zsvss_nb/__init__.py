@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .threads import apply_thread_policy
+
+# A fresh kernel that imports zsvss_nb before torch gets passive OpenMP waiting and one thread
+# per usable core (zsvss_nb.threads); variables the user set are left alone.
+apply_thread_policy()
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -79,11 +79,21 @@ class AttentionController:
         unet: nn.Module,
         blocks: Iterable[int] = range(3, 12),
         layers: Iterable[str] = ("attn1", "attn2"),
+        share_probabilities: Iterable[AttnKey] = (),
     ) -> None:
+        """``share_probabilities`` names spatial layers whose q and k the plan injects in every
+        sample: their softmax(q k^T) is computed once per (CFG half, stored frame) of a call
+        (:class:`SharedProbabilities`) instead of once per sample."""
         self.plan = AttentionPlan()
         self.stored: dict[tuple[int, int, str, str], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._processors: list[tuple[nn.Module, object]] = []
         layers = tuple(layers)
+        for block, layer in share_probabilities:
+            attn = decoder_attention(unet, block, layer)
+            if layer not in TEMPORAL_LAYERS and SharedProbabilities.supports(attn):
+                self._processors.append((attn, attn.processor))
+                attn.set_processor(SharedProbabilities(self, block, layer, attn.processor))
         for block in blocks:
             for layer in layers:
                 attn = decoder_attention(unet, block, layer)
@@ -170,12 +180,121 @@ class AttentionController:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for attn, processor in reversed(self._processors):
+            attn.set_processor(processor)
+        self._processors.clear()
 
     def __enter__(self) -> AttentionController:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class SharedProbabilities:
+    """Attention processor of a layer whose q and k are injected: P = softmax(q k^T) per
+    (CFG half, stored frame), shared by every sample of the call that replays that frame.
+
+    The modulated passes replace q (and, in self-attention, k) of every injected layer with
+    the unmodulated pass's, and cross-attention's k comes from the one context of a CFG half,
+    so P is the same for all (class, sign) samples of a frame at a step (METHOD 1.7b): only
+    v and P @ v are per sample. Skips ``to_q``/``to_k`` there; exact up to float rounding.
+    Scores and softmax run in float32, ``max_bytes`` of them at a time (query chunks). Calls
+    it cannot serve (no stored q/k at this step, masks, 4-D input) go to the layer's own
+    processor, whatever it is.
+    """
+
+    max_bytes = 64 * 2**20
+
+    def __init__(self, controller: AttentionController, block: int, layer: str, original):
+        self.controller, self.block, self.layer, self.original = controller, block, layer, original
+
+    @staticmethod
+    def supports(attn: nn.Module) -> bool:
+        """Whether ``attn`` is plain multi-head attention (what :meth:`__call__` computes)."""
+        plain = all(
+            getattr(attn, name, None) is None
+            for name in ("spatial_norm", "group_norm", "norm_q", "norm_k")
+        )
+        return (
+            plain
+            and not getattr(attn, "norm_cross", False)
+            and not getattr(attn, "residual_connection", False)
+            and getattr(attn, "rescale_output_factor", 1.0) == 1.0
+            and hasattr(attn, "heads")
+            and hasattr(attn, "processor")
+        )
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        plan = self.controller.plan
+        q = plan.inject.get((plan.step, self.block, self.layer, "q"))
+        k = plan.inject.get((plan.step, self.block, self.layer, "k"))
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        halves = plan.halves
+        usable = (
+            q is not None
+            and (k is not None or encoder_hidden_states is not None)
+            and attention_mask is None
+            and temb is None
+            and hidden_states.ndim == 3
+            and hidden_states.shape[0] % halves == 0
+        )
+        if usable and k is None:  # cross-attention: one context per CFG half
+            per_half = context.unflatten(0, (halves, -1))
+            usable = bool((per_half == per_half[:, :1]).all())
+        if not usable:
+            if temb is not None:
+                kwargs["temb"] = temb
+            return self.original(
+                attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs
+            )
+        n, tokens = hidden_states.shape[:2]
+        per_half = n // halves
+        frames = plan.inject_frames
+        if frames is None:
+            frames = torch.arange(per_half, device=hidden_states.device)
+        value = attn.to_v(context)
+        out = value.new_empty(n, tokens, value.shape[-1])
+        uniq, inverse = torch.unique(frames, return_inverse=True)
+        for h in range(halves):
+            keys = k[h] if k is not None else attn.to_k(context[h * per_half][None])
+            for j, frame in enumerate(uniq.tolist()):
+                rows = h * per_half + (inverse == j).nonzero()[:, 0]
+                key = keys[frame] if k is not None else keys[0]
+                out[rows] = self._attend(attn, q[h, frame], key, value[rows])
+        out = attn.to_out[0](out)  # the modulation hook adds its mask here
+        return attn.to_out[1](out)
+
+    def _attend(
+        self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """softmax(q k^T * scale) @ v for q [N, C], k [M, C] and the samples' v [r, M, C].
+
+        P @ v runs sample by sample, so a sample's result does not depend on which others
+        share its UNet call (no batch-dependent rounding)."""
+        heads = attn.heads
+        (tokens, channels), m = q.shape, k.shape[0]
+        d = channels // heads
+        qh = q.view(tokens, heads, d).transpose(0, 1)
+        kh = k.reshape(m, heads, d).permute(1, 2, 0).float()  # [heads, d, M]
+        vh = v.view(v.shape[0], m, heads, d).transpose(1, 2)  # [r, heads, M, d]
+        out = vh.new_empty(vh.shape[0], tokens, heads, d)
+        step = max(1, self.max_bytes // (4 * heads * m))
+        for s in range(0, tokens, step):
+            with torch.autocast(q.device.type, enabled=False):
+                probs = (torch.matmul(qh[:, s : s + step].float(), kh) * attn.scale).softmax(-1)
+            probs = probs.to(vh.dtype)
+            for i in range(vh.shape[0]):
+                out[i, s : s + step] = torch.matmul(probs, vh[i]).transpose(0, 1)
+        return out.flatten(2)
 
 
 @contextmanager

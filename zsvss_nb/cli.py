@@ -42,6 +42,7 @@ def build_config(args: argparse.Namespace):
         ("lam", "lam"),
         ("modulation_batch", "modulation_batch"),
         ("size_policy", "size_policy"),
+        ("precision", "precision"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -109,6 +110,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="GT id that never becomes a class (default 255; CamVid 11)",
     )
     p.add_argument("--seed", type=int, default=None, help="noise seed (paper: 1)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="UNet compute precision, feature and modulated passes (autocast; default auto: "
+        "fp16 on CUDA, fp32 on the CPU); the VAE decode: --set decode_dtype=bfloat16",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -220,7 +228,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .backbones import describe_spec
-    from .backbones.common import default_device
+    from .backbones.common import default_device, native_bf16, unet_dtype
+    from .threads import current_policy
 
     def version(name: str) -> str:
         try:
@@ -239,6 +248,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ),
         f"device: {default_device()} (cuda available: {torch.cuda.is_available()}, "
         f"cpu threads: {torch.get_num_threads()})",
+        *current_policy().describe(),
+        f"native bf16 on cpu: {native_bf16('cpu')}; precision auto: "
+        + ", ".join(
+            f"{d} UNet {str(unet_dtype('auto', d)).replace('torch.', '')}"
+            for d in dict.fromkeys(("cpu", str(default_device())))
+        ),
     ]
     if torch.cuda.is_available():
         lines += [
@@ -338,6 +353,9 @@ def _terminate(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .threads import apply_thread_policy
+
+    apply_thread_policy()  # before torch loads: passive OpenMP waiting, threads = usable cores
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so temp files are removed and no partial output remains

@@ -292,11 +292,18 @@ class UpsampleConfig(_Replaceable):
     skip_empty: bool = True  # skip (class, frame) pairs whose mask is empty: their D is 0
     decode_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # METHOD 1.8: fp32 VAE
     decode_batch: int = 4  # frames per VAE decode call ("batched" only); bounds memory, 0 = all
+    decode_margin: int | None = None  # None: decode whole frames (METHOD 1.7); N (beyond the
+    # paper, "batched" only): decode each (class, frame) pair on its mask's bounding box grown
+    # by N latent cells (8 px each), D = 0 outside it
     share_prefix: bool = True  # "batched" only: at the first modulation step every pass starts
     # from z_{t*}, so the UNet up to the modulated layer computes exactly what the feature pass
     # computed; replay those module outputs (cached by extract) instead of recomputing them
-    unet_autocast: Literal["none", "bfloat16", "float16"] = "none"  # beyond the paper: run the
-    # modulated passes under autocast (bf16 uses AMX/AVX512-BF16 on recent x86 CPUs)
+    reuse_attention: bool = True  # "batched" only: the injected layers' softmax(q k^T) once
+    # per (CFG half, frame, step), not per sample (their q and k are the unmodulated pass's);
+    # exact up to float rounding
+    unet_autocast: Literal["none", "bfloat16", "float16"] = "none"  # "none": the modulated
+    # passes compute in SegmentConfig.precision like the feature pass; a dtype runs them alone
+    # under that autocast instead (beyond the paper; "batched" execution only)
     modulation_cfg: bool = True  # False (beyond the paper): the modulated passes run the
     # conditional branch only (half the UNet work); the feature pass keeps its guidance
     neighbourhood_classes: bool = False  # beyond the paper: a pixel competes only among the
@@ -309,7 +316,7 @@ class UpsampleConfig(_Replaceable):
 
     @property
     def uses_bfloat16(self) -> bool:
-        """Whether the modulated passes or the decode run in bfloat16 (needs native support)."""
+        """Whether the modulated passes' override or the decode ask for bfloat16."""
         return "bfloat16" in (self.unet_autocast, self.decode_dtype)
 
     def __post_init__(self) -> None:
@@ -328,6 +335,8 @@ class UpsampleConfig(_Replaceable):
             raise ConfigError(f"outside_weight={self.outside_weight} must lie in [0, 1]")
         if self.bilateral_sigma_space <= 0 or self.bilateral_sigma_color <= 0:
             raise ConfigError("bilateral_sigma_space and bilateral_sigma_color must be > 0")
+        if self.decode_margin is not None and self.decode_margin < 0:
+            raise ConfigError(f"decode_margin={self.decode_margin} must be >= 0 or None")
 
 
 @dataclass(frozen=True)
@@ -372,11 +381,20 @@ class SegmentConfig(_Replaceable):
     upsample: UpsampleConfig = field(default_factory=UpsampleConfig)
     svd: SvdConfig = field(default_factory=SvdConfig)  # used by the SVD backbone only
     preset: str = "paper-sd"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # METHOD 1.8: the UNet (feature
+    # and modulated passes) under torch.autocast, fp16 on CUDA; "auto" = fp16 on CUDA, fp32 on
+    # the CPU (bf16 where native only once measured: backbones.common.AUTO_CPU_BF16). The VAE
+    # decode has its own upsample.decode_dtype.
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.window < 1:
             raise ConfigError(f"window={self.window} must be at least 1")
+
+    @property
+    def uses_bfloat16(self) -> bool:
+        """Whether the config asks for bfloat16 explicitly (needs native support to pay off)."""
+        return self.precision == "bf16" or self.upsample.uses_bfloat16
 
     # -- presets ---------------------------------------------------------------------------
     @classmethod
@@ -401,8 +419,9 @@ class SegmentConfig(_Replaceable):
 
     @classmethod
     def tiny(cls) -> SegmentConfig:
-        """Small K and the paper's structure, for the tiny test model and CI smoke runs."""
-        return cls(context=ContextConfig(k=5, n_init=2), preset="tiny")
+        """Small K and the paper's structure, for the tiny test model and CI smoke runs; fp32, so
+        results do not depend on whether the machine has native bf16."""
+        return cls(context=ContextConfig(k=5, n_init=2), preset="tiny", precision="fp32")
 
     @classmethod
     def paper_svd(cls) -> SegmentConfig:
@@ -500,7 +519,12 @@ class SegmentConfig(_Replaceable):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentConfig:
-        """Inverse of :meth:`to_dict` (as stored in manifest.json)."""
+        """Inverse of :meth:`to_dict` (as stored in manifest.json).
+
+        A config written before ``precision`` existed ran the UNet in float32, so it loads as
+        ``precision="fp32"``.
+        """
+        data = {"precision": "fp32", **data}
         sub = {
             "features": FeatureConfig,
             "context": ContextConfig,

@@ -93,6 +93,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # zsvss_nb.threads
     }
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ..config import FeatureConfig, SegmentConfig
 from ..errors import ConfigError, IncompleteModelError
 from ..ops import aggregate, normalise_tokens
 from ..writers import atomic_write
+
+log = logging.getLogger(__name__)
 
 ENV_MODEL = "ZSVSS_MODEL"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -51,6 +54,83 @@ def native_bf16(device: torch.device | str) -> bool:
             return True  # cannot tell: trust the user's choice
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     return True
+
+
+# The one switch for what precision="auto" means on a CPU with native bf16 (avx512_bf16/AMX):
+# False keeps its UNet in fp32. Turn it on only once `zsvss bench --model sd21-base-random ...
+# --modes fp32,bf16-unet` has measured >= 99.5 % label agreement with fp32 there (issue 18).
+AUTO_CPU_BF16 = False
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def unet_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+    """The dtype the UNet computes in for ``SegmentConfig.precision`` on ``device``.
+
+    METHOD 1.8: the reference runs its UNet under ``torch.autocast`` (fp16 on CUDA). "auto" is
+    fp16 on CUDA; on a CPU with native bf16 it is bf16 if :data:`AUTO_CPU_BF16` says so; fp32
+    elsewhere.
+    """
+    device = torch.device(device)
+    if precision != "auto":
+        if precision not in PRECISION_DTYPES:
+            raise ConfigError(f"precision={precision!r}: use auto, fp32, bf16 or fp16")
+        return PRECISION_DTYPES[precision]
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and AUTO_CPU_BF16 and native_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context for float32."""
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def modulation_dtype(cfg: SegmentConfig, device: torch.device | str) -> torch.dtype:
+    """The modulated passes' UNet dtype: ``upsample.unet_autocast`` when set (and the execution
+    is "batched"), else the feature pass's (:func:`unet_dtype` of ``cfg.precision``)."""
+    ucfg = cfg.upsample
+    if ucfg.unet_autocast != "none" and ucfg.execution != "reference":
+        return getattr(torch, ucfg.unet_autocast)
+    return unet_dtype(cfg.precision, device)
+
+
+def decode_dtype(cfg: SegmentConfig) -> torch.dtype:
+    """The VAE decode's dtype: ``upsample.decode_dtype``; float32 for the "reference" execution
+    (the reference code decodes in fp32, METHOD 1.8)."""
+    if cfg.upsample.execution == "reference":
+        return torch.float32
+    return getattr(torch, cfg.upsample.decode_dtype)
+
+
+def warn_if_emulated_bf16(cfg: SegmentConfig, device: torch.device | str) -> None:
+    """Log a warning when ``cfg`` asks for a half precision that ``device`` would emulate:
+    bfloat16 without native bf16, or float16 on a CPU (PyTorch's CPU float16 kernels are slow
+    outside AMX-FP16 parts, and fp16 is the paper's CUDA precision, not a CPU speed option)."""
+    device = torch.device(device)
+    if cfg.uses_bfloat16 and not native_bf16(device):
+        log.warning(
+            "bfloat16 requested (precision=%s, unet_autocast=%s, decode_dtype=%s) but %s has no "
+            "native bf16: it is emulated and far slower than float32",
+            cfg.precision,
+            cfg.upsample.unet_autocast,
+            cfg.upsample.decode_dtype,
+            device,
+        )
+    ucfg = cfg.upsample
+    fp16 = cfg.precision == "fp16" or "float16" in (ucfg.unet_autocast, ucfg.decode_dtype)
+    if device.type == "cpu" and fp16:
+        log.warning(
+            "float16 requested (precision=%s, unet_autocast=%s, decode_dtype=%s) on the CPU: "
+            "most CPUs emulate it, far slower than float32; use fp32, or bf16 where native",
+            cfg.precision,
+            ucfg.unet_autocast,
+            ucfg.decode_dtype,
+        )
 
 
 def freeze(*modules: nn.Module | None) -> None:

@@ -9,8 +9,10 @@ real video. Frame 1's planted map is the first-frame ground truth (the paper's p
 (features -> context -> refinement -> upsampling -> label/colour PNGs and the overlay video in a
 temporary folder) on the same frames with the same backbone.
 
-Modes are upsampling-config variants (:data:`MODES`): "reference" (the reference code's
-structure, METHOD 1.9), "default" (the package's defaults) and single options beyond them.
+Modes are config variants (:data:`MODES`): "reference" (the reference code's structure, METHOD
+1.9, with its UNet in the precision the reference code uses on this device,
+:func:`reference_precision`), "reference-fp32" (the same in fp32), "default" (the package's
+defaults), "fp32" and the precision modes, and single options beyond them.
 Per mode the benchmark reports wall seconds per frame and per stage, process CPU seconds,
 UNet sample-evaluations and VAE decodes per frame, peak resident memory of the mode (the
 kernel's high-water mark is reset before each mode), peak device memory, bytes the pipeline
@@ -39,30 +41,52 @@ from ..backbones.common import default_device, native_bf16
 from ..config import SegmentConfig
 from ..errors import ConfigError
 from ..provenance import machine_info, rss_gb
+from .load import busy_processes, check_load
 from .measure import DIFFUSION_STAGES, STAGES, agreement, run_mode
 from .workload import PlantedContext, Workload, synthetic_video
 
 log = logging.getLogger(__name__)
 
 
-# upsample-config changes per mode; "fast" combines the options whose agreement stays high
+REFERENCE_PRECISION = "reference"  # stands for reference_precision(device) in MODES
+
+# config changes per mode (SegmentConfig.replace names); the precision modes set both the UNet's
+# precision and the decode's dtype, so they mean the same whatever the defaults are
 MODES: dict[str, dict[str, Any]] = {
-    "reference": {"execution": "reference"},
+    "reference": {"execution": "reference", "precision": REFERENCE_PRECISION},
+    "reference-fp32": {"execution": "reference", "precision": "fp32"},
     "default": {},
+    "fp32": {"precision": "fp32", "decode_dtype": "float32"},
     "no-prefix": {"share_prefix": False},
-    "bf16-decode": {"decode_dtype": "bfloat16"},
-    "bf16-unet": {"unet_autocast": "bfloat16"},
+    "bf16-unet": {"precision": "bf16", "decode_dtype": "float32"},
+    "bf16-decode": {"precision": "fp32", "decode_dtype": "bfloat16"},
+    "fast": {"precision": "bf16", "decode_dtype": "bfloat16"},
+    "no-reuse-attention": {"reuse_attention": False},
+    "region-decode": {"decode_margin": 8},  # decode each pair on its mask's box + 64 px
     "no-cfg": {"modulation_cfg": False},
     "neighbourhood": {"neighbourhood_classes": True},
     "compile": {"torch_compile": True},
-    "fast": {"decode_dtype": "bfloat16", "unet_autocast": "bfloat16"},
 }
 
 
-def _mode_config(base: SegmentConfig, mode: str) -> SegmentConfig:
+def reference_precision(device: torch.device | str) -> str:
+    """The UNet precision the reference code runs with on ``device``: its ``torch.autocast``
+    is fp16 on CUDA and bf16 on the CPU, which pays only with native bf16 (fp32 otherwise)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and native_bf16(device):
+        return "bf16"
+    return "fp32"
+
+
+def _mode_config(base: SegmentConfig, mode: str, device: torch.device | str) -> SegmentConfig:
     if mode not in MODES:
         raise ConfigError(f"benchmark mode {mode!r} is not known; choose from {sorted(MODES)}")
-    return base.replace(upsample=base.upsample.replace(**MODES[mode]))
+    changes = dict(MODES[mode])
+    if changes.get("precision") == REFERENCE_PRECISION:
+        changes["precision"] = reference_precision(device)
+    return base.replace(**changes) if changes else base
 
 
 def _warm_up(backbone, size: int) -> None:
@@ -140,6 +164,7 @@ def run_benchmark(
     backbone=None,
     isolate: bool | None = None,
     allow_emulated_bf16: bool = False,
+    load: int = 0,
 ) -> dict[str, Any]:
     """Run the benchmark for each of ``modes`` on one workload and return the result dict.
 
@@ -162,6 +187,9 @@ def run_benchmark(
 
     Modes that use bfloat16 are skipped (listed in ``skipped_modes``) on a device without
     native bf16 (:func:`~zsvss_nb.backbone.native_bf16`) unless ``allow_emulated_bf16``.
+
+    ``load`` > 0 runs the primary mode once more with that many busy processes beside it
+    (:func:`~zsvss_nb.bench.load.busy_processes`) and reports the loaded/idle ratio (``load``).
     """
     modes = list(dict.fromkeys(modes))
     if not modes:
@@ -171,6 +199,7 @@ def run_benchmark(
             raise ConfigError(f"benchmark mode {mode!r} is not known; choose from {sorted(MODES)}")
     if size % 64:
         raise ConfigError(f"size={size}: use a multiple of 64 so no resizing is measured")
+    check_load(load)
     base = SegmentConfig.from_preset(preset or ("tiny" if model == "tiny" else "paper-sd"))
     base = base.replace(window=window)
     work = synthetic_video(frames, size, classes, seed)
@@ -186,14 +215,14 @@ def run_benchmark(
             info = _backbone_info(backbone, channels_last)
     runs: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    native = native_bf16(backbone.device if backbone is not None else device or default_device())
-    for mode in modes:
-        cfg = _mode_config(base, mode)
-        if cfg.upsample.uses_bfloat16 and not (native or allow_emulated_bf16):
-            skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
-            log.warning("skipping mode %s: %s", mode, skipped[mode])
-            continue
-        if isolate:
+    run_device = backbone.device if backbone is not None else device or default_device()
+    native = native_bf16(run_device)
+
+    def measure(cfg: SegmentConfig) -> dict[str, Any]:
+        nonlocal info
+        if not isolate:
+            run = run_mode(backbone, cfg, work, overlay, coarse)
+        else:
             job = {
                 "model": model,
                 "dtype": dtype,
@@ -208,27 +237,32 @@ def run_benchmark(
                 "cfg": cfg,
                 "threads": torch.get_num_threads(),
             }
-            runs[mode] = _run_isolated(job)
-            info = runs[mode].pop("backbone")
-        else:
-            runs[mode] = run_mode(backbone, cfg, work, overlay, coarse)
-        runs[mode]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            run = _run_isolated(job)
+            info = run.pop("backbone")
+        run["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        return run
+
+    configs = {}
+    for mode in modes:
+        cfg = _mode_config(base, mode, run_device)
+        if cfg.uses_bfloat16 and not (native or allow_emulated_bf16):
+            skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
+            log.warning("skipping mode %s: %s", mode, skipped[mode])
+            continue
+        configs[mode] = cfg
+        runs[mode] = measure(cfg)
     if not runs:
         raise ConfigError(f"every benchmark mode was skipped: {skipped}")
     modes = [mode for mode in modes if mode in runs]
     labels = {mode: run.pop("_labels") for mode, run in runs.items()}
     for mode, run in runs.items():
-        if "reference" in runs and mode != "reference":
-            run["label_agreement"] = agreement(labels[mode], labels["reference"])
-            run["speedup_vs_reference"] = round(
-                runs["reference"]["seconds_total"] / run["seconds_total"], 3
-            )
-        if "default" in runs and mode not in ("default", "reference"):
-            run["label_agreement_vs_default"] = agreement(labels[mode], labels["default"])
-            run["speedup_vs_default"] = round(
-                runs["default"]["seconds_total"] / run["seconds_total"], 3
-            )
+        _compare(run, mode, runs, labels)
     primary = "default" if "default" in runs else modes[-1]
+    loaded = None
+    if load:
+        with busy_processes(load):
+            loaded = measure(configs[primary])
+        loaded = _load_report(runs[primary], loaded, labels[primary], load)
     result: dict[str, Any] = {
         "model": info["name"],
         "mode": primary,
@@ -236,6 +270,7 @@ def run_benchmark(
         "modes": modes,
         "runs": runs,
         "skipped_modes": skipped,
+        "load": loaded,
         "workload": {
             "frames": frames,
             "size": size,
@@ -257,6 +292,48 @@ def run_benchmark(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+COMPARED = ("reference", "reference-fp32", "default", "fp32")  # modes others are compared with
+
+
+def _comparison_keys(other: str) -> tuple[str, str]:
+    """(label agreement key, speedup key suffix) of a comparison with mode ``other``: the
+    reference's keep issue 7's names ``label_agreement`` and ``speedup_vs_reference``."""
+    if other == "reference":
+        return "label_agreement", "reference"
+    name = other.replace("-", "_")
+    return f"label_agreement_vs_{name}", name
+
+
+def _compare(run: dict[str, Any], mode: str, runs: dict[str, dict], labels: dict) -> None:
+    """Agreement and speedups of ``run`` against the reference, reference-fp32, default, fp32."""
+    for other in COMPARED:
+        if other not in runs or other == mode:
+            continue
+        base = runs[other]
+        agree, name = _comparison_keys(other)
+        run[agree] = agreement(labels[mode], labels[other])
+        run[f"speedup_vs_{name}"] = round(base["seconds_total"] / run["seconds_total"], 3)
+        run[f"cpu_speedup_vs_{name}"] = round(
+            base["cpu_seconds_per_frame"] / max(run["cpu_seconds_per_frame"], 1e-9), 3
+        )
+
+
+def _load_report(idle: dict, loaded: dict, idle_labels, busy: int) -> dict[str, Any]:
+    """The primary mode with ``busy`` spinning processes beside it, against its idle run."""
+    labels = loaded.pop("_labels")
+    return {
+        "busy_processes": busy,
+        "idle_seconds_per_frame": idle["seconds_per_frame"],
+        "loaded_seconds_per_frame": loaded["seconds_per_frame"],
+        "loaded_over_idle": round(loaded["seconds_total"] / idle["seconds_total"], 3),
+        "idle_cpu_seconds_per_frame": idle["cpu_seconds_per_frame"],
+        "loaded_cpu_seconds_per_frame": loaded["cpu_seconds_per_frame"],
+        "label_agreement_with_idle": agreement(labels, idle_labels),
+        "load_average_after": loaded["load_average_after"],
+        "run": loaded,
+    }
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -291,11 +368,17 @@ def format_table(result: dict[str, Any]) -> str:
     row("bytes in write calls (wchar)", [_fmt(runs[m]["syscall_bytes_written"]) for m in modes])
     row("requested outputs' size", [_fmt(runs[m]["output_bytes"]) for m in modes])
     row("written beyond the outputs", [_fmt(runs[m]["extra_disk_bytes"]) for m in modes])
-    if "reference" in runs:
-        row("speedup vs reference", [_fmt(runs[m].get("speedup_vs_reference"), 2) for m in modes])
-        row("labels = reference", [_fmt(runs[m].get("label_agreement"), 4) for m in modes])
-    if "default" in runs and len(modes) > 2 - ("reference" not in runs):
-        row("labels = default", [_fmt(runs[m].get("label_agreement_vs_default"), 4) for m in modes])
+    row("UNet / decode dtype", [runs[m].get("dtypes", "-") for m in modes])
+    for other in COMPARED:
+        if other not in runs or len(modes) < 2:
+            continue
+        agree, name = _comparison_keys(other)
+        row(f"speedup vs {other}", [_fmt(runs[m].get(f"speedup_vs_{name}"), 2) for m in modes])
+        row(
+            f"CPU-time speedup vs {other}",
+            [_fmt(runs[m].get(f"cpu_speedup_vs_{name}"), 2) for m in modes],
+        )
+        row(f"labels = {other}", [_fmt(runs[m].get(agree), 4) for m in modes])
     work, bb, mach = result["workload"], result["backbone"], result["machine"]
     notes = [
         "",
@@ -304,11 +387,22 @@ def format_table(result: dict[str, Any]) -> str:
         f"{work['coarse_maps']} coarse maps; planted (class, frame) pair occupancy "
         f"{work['planted_pair_occupancy']:.2f}",
         f"machine: {mach.get('cpu_model', '?')}, {mach['cpu_count']} CPUs, torch "
-        f"{mach['torch']} ({mach['torch_threads']} threads), ISA {mach.get('isa', [])}, "
+        f"{mach['torch']} ({mach['torch_threads']} threads, OpenMP wait policy "
+        f"{mach.get('omp_wait_policy')}), ISA {mach.get('isa', [])}, "
         f"load average at start {mach.get('load_average')}",
     ]
     for mode, reason in result.get("skipped_modes", {}).items():
         notes.append(f"skipped mode {mode}: {reason}")
+    load = result.get("load")
+    if load:
+        notes.append(
+            f"with {load['busy_processes']} busy processes beside it, {result['mode']} took "
+            f"{load['loaded_seconds_per_frame']:.2f} s/frame against "
+            f"{load['idle_seconds_per_frame']:.2f} idle: {load['loaded_over_idle']:.2f}x "
+            f"(CPU {load['loaded_cpu_seconds_per_frame']:.2f} against "
+            f"{load['idle_cpu_seconds_per_frame']:.2f} s/frame; load average after "
+            f"{load['load_average_after']})"
+        )
     return "\n".join(rows + notes)
 
 
@@ -354,6 +448,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run bf16 modes even where the device has no native bf16 (skipped otherwise)",
     )
     parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the primary mode with N busy processes beside it (shared-machine "
+        "check; reports loaded/idle)",
+    )
+    parser.add_argument(
         "--coarse",
         default="planted",
         choices=["planted", "model"],
@@ -383,6 +485,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         coarse=args.coarse,
         isolate=False if args.in_process else None,
         allow_emulated_bf16=args.allow_emulated_bf16,
+        load=args.load,
     )
     print(format_table(result))
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones.common import decode_dtype, modulation_dtype
 from ..config import SegmentConfig
 from ..errors import ConfigError
 from ..provenance import peak_rss_gb, reset_peak_rss, rss_gb
@@ -158,6 +159,11 @@ def run_mode(
         "syscall_bytes_written": syscall,
         "extra_disk_bytes": None if syscall is None else max(0, syscall - output_bytes),
         "pixel_accuracy_vs_planted": round(float((labels == work.labels.numpy()).mean()), 6),
+        "precision": cfg.precision,
+        "dtypes": "/".join(
+            str(d).replace("torch.", "")
+            for d in (modulation_dtype(cfg, backbone.device), decode_dtype(cfg))
+        ),
         "upsample_config": cfg.upsample.to_dict(),
         "_labels": labels,
     }

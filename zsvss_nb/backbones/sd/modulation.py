@@ -31,7 +31,13 @@ from ...config import SegmentConfig
 from ...errors import ConfigError
 from ...ops import difference_maps
 from ..base import ModulationMaps
-from ..common import block_stride, check_modulation_steps, native_bf16
+from ..common import (
+    autocast,
+    block_stride,
+    check_modulation_steps,
+    decode_dtype,
+    modulation_dtype,
+)
 from .passes import (
     SdFeatureResult,
     cfg_embeddings,
@@ -49,18 +55,48 @@ log = logging.getLogger(__name__)
 
 # -- masked modulation -----------------------------------------------------------------------
 def plan_triples(masks: torch.Tensor, skip_empty: bool) -> torch.Tensor:
-    """(class index, sign, frame) rows [T, 3] for masks [K, B, h, w]; +1 before -1 per pair."""
+    """(class index, sign, frame) rows [T, 3] for masks [K, B, h, w]; +1 before -1 per pair.
+
+    Frame-major, so one UNet call holds few frames and the injected layers' attention
+    probabilities, shared by a frame's samples, are computed for few frames per call.
+    """
     K, B = masks.shape[:2]
-    k, f = torch.meshgrid(torch.arange(K), torch.arange(B), indexing="ij")
+    f, k = torch.meshgrid(torch.arange(B), torch.arange(K), indexing="ij")
     k, f = k.flatten(), f.flatten()
     if skip_empty:
-        keep = masks.flatten(2).any(-1).flatten().cpu()
+        keep = masks.flatten(2).any(-1).t().flatten().cpu()
         k, f = k[keep], f[keep]
     pairs = torch.stack([k, f], 1)
     plus = torch.cat([pairs[:, :1], torch.ones_like(pairs[:, :1]), pairs[:, 1:]], 1)
     minus = plus.clone()
     minus[:, 1] = -1
     return torch.stack([plus, minus], 1).flatten(0, 1)
+
+
+def pair_boxes(
+    masks: torch.Tensor, pairs: torch.Tensor, margin: int | None, latent_hw: tuple[int, int]
+) -> torch.Tensor | None:
+    """Latent box [P, 4] = (y0, y1, x0, x1) per (class, sign, frame) row of ``pairs`` [P, 3]:
+    its mask's bounding box, grown by ``margin`` latent cells and clipped to the frame.
+
+    masks [K, B, h, w] at the feature grid; None when ``margin`` is None (whole frames).
+    """
+    if margin is None:
+        return None
+    hl, wl = latent_hw
+    h, w = masks.shape[-2:]
+    m = masks[pairs[:, 0].to(masks.device), pairs[:, 2].to(masks.device)] > 0  # [P, h, w]
+    rows, cols = m.any(2), m.any(1)
+    idx_h = torch.arange(h, device=m.device)
+    idx_w = torch.arange(w, device=m.device)
+    big = max(h, w)
+    y0 = torch.where(rows, idx_h, big).amin(1) * hl // h - margin
+    y1 = (torch.where(rows, idx_h, -1).amax(1) + 1) * hl // h + margin
+    x0 = torch.where(cols, idx_w, big).amin(1) * wl // w - margin
+    x1 = (torch.where(cols, idx_w, -1).amax(1) + 1) * wl // w + margin
+    return torch.stack(
+        [y0.clamp(0, hl), y1.clamp(0, hl), x0.clamp(0, wl), x1.clamp(0, wl)], 1
+    ).cpu()
 
 
 def _chunks(triples: torch.Tensor, batch: int, num_frames: int) -> list[torch.Tensor]:
@@ -205,22 +241,10 @@ def sd_modulation_maps(
     inject = feats.cache if ucfg.inject else {}
     if inject and halves != feat_halves:  # cond-only passes replay the cond half
         inject = {key: value[-1:] for key, value in inject.items()}
-    if not reference and ucfg.uses_bfloat16 and not native_bf16(backbone.device):
-        log.warning(
-            "bfloat16 requested (unet_autocast=%s, decode_dtype=%s) but %s has no native bf16: "
-            "it is emulated and far slower than float32",
-            ucfg.unet_autocast,
-            ucfg.decode_dtype,
-            backbone.device,
-        )
     runner = backbone
     if ucfg.torch_compile and not reference:
         runner = dataclasses.replace(backbone, unet=compiled_unet(backbone))
-    autocast = (
-        torch.autocast(backbone.device.type, dtype=getattr(torch, ucfg.unet_autocast))
-        if ucfg.unet_autocast != "none" and not reference
-        else contextlib.nullcontext()
-    )
+    precision = autocast(backbone.device, modulation_dtype(cfg, backbone.device))
     half_rows = torch.arange(feat_halves - halves, feat_halves, device=backbone.device)
 
     def mask_at(stride: int, k: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -231,9 +255,14 @@ def sd_modulation_maps(
     unet_evals = 0
     tic = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        ctl = stack.enter_context(AttentionController(backbone.unet))
+        share = (
+            [(b, layer) for b in ucfg.injected_blocks for layer in ("attn1", "attn2")]
+            if inject and ucfg.reuse_attention and not reference
+            else []
+        )
+        ctl = stack.enter_context(AttentionController(backbone.unet, share_probabilities=share))
         state = stack.enter_context(replay_prefix(backbone.unet, feats)) if replay else None
-        stack.enter_context(autocast)
+        stack.enter_context(precision)
         ctl.plan.inject = inject
         ctl.plan.halves = halves
         ctl.plan.modulation_layer = "attn2" if ucfg.tensor == "attn2_out" else "attn1"
@@ -277,7 +306,7 @@ def sd_modulation_maps(
 
     # decode + and - of each (class, frame) pair together and keep only D
     diff = torch.zeros(K, B, H, W, device=backbone.device)
-    dtype = torch.float32 if reference else getattr(torch, ucfg.decode_dtype)
+    dtype = decode_dtype(cfg)
     per_call = B if reference else (ucfg.decode_batch or triples.shape[0])
     pair_batch = max(1, per_call // 2)  # the reference decodes a pass's B frames per call
     vae_decodes = 0
@@ -286,20 +315,30 @@ def sd_modulation_maps(
         backbone.decode(feats.latents[end - 1], dtype=dtype, tile=cfg.features.vae_tile)
         vae_decodes += B
         seconds["decode"] += time.perf_counter() - tic
-    pair_ids = torch.arange(triples.shape[0] // 2)
-    for pairs in pair_ids.split(pair_batch) if pair_ids.numel() else []:
+    margin = None if reference else ucfg.decode_margin
+    rows = triples[0::2]  # one (class, +1, frame) row per pair; its -1 row follows it
+    hl, wl = finals.shape[-2:]
+    scale = H // hl  # image pixels per latent cell
+    boxes = pair_boxes(masks, rows, margin, (hl, wl))
+    pair_ids = torch.arange(rows.shape[0])
+    if boxes is None:
+        whole = torch.ones_like(pair_ids, dtype=torch.bool)
+    else:
+        whole = (boxes == torch.tensor([0, hl, 0, wl])).all(1)
+    # whole-frame pairs decode pair_batch at a time; a cropped pair alone, on its box
+    groups = list(pair_ids[whole].split(pair_batch)) if bool(whole.any()) else []
+    groups += [pair_ids[j : j + 1] for j in pair_ids[~whole].tolist()]
+    for pairs in groups:
+        y0, y1, x0, x1 = (0, hl, 0, wl) if boxes is None else boxes[pairs[0]].tolist()
         tic = time.perf_counter()
-        plus_minus = backbone.decode(
-            finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()],
-            dtype=dtype,
-            tile=cfg.features.vae_tile,
-        )
-        vae_decodes += plus_minus.shape[0]
+        both = finals[torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()]
+        images = backbone.decode(both[..., y0:y1, x0:x1], dtype=dtype, tile=cfg.features.vae_tile)
+        vae_decodes += images.shape[0]
         seconds["decode"] += time.perf_counter() - tic
         tic = time.perf_counter()
-        d = difference_maps(plus_minus[0::2], plus_minus[1::2], ucfg)
-        rows = triples[2 * pairs]
-        diff[rows[:, 0].to(diff.device), rows[:, 2].to(diff.device)] = d
+        d = difference_maps(images[0::2], images[1::2], ucfg)
+        at = rows[pairs].to(diff.device)
+        diff[at[:, 0], at[:, 2], scale * y0 : scale * y1, scale * x0 : scale * x1] = d
         seconds["difference"] += time.perf_counter() - tic
     return ModulationMaps(
         diff=diff,

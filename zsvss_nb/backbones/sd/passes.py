@@ -23,7 +23,7 @@ from ...attention import AttentionController
 from ...config import SegmentConfig
 from ...frames import Geometry
 from ..base import DiffusionFeatureResult
-from ..common import Schedule, query_features
+from ..common import Schedule, autocast, query_features, unet_dtype, warn_if_emulated_bf16
 
 if TYPE_CHECKING:
     from .model import StableDiffusion
@@ -195,7 +195,9 @@ def extract_sd(
     tic = time.perf_counter()
     latents: dict[int, torch.Tensor] = {}
     prefix: dict[str, Any] = {}
-    with AttentionController(backbone.unet, blocks_hooked) as ctl:
+    warn_if_emulated_bf16(cfg, backbone.device)
+    precision = autocast(backbone.device, unet_dtype(cfg.precision, backbone.device))
+    with AttentionController(backbone.unet, blocks_hooked) as ctl, precision:
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
         ctl.plan.halves = emb.shape[0]
         handles = []

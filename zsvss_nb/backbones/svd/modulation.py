@@ -21,7 +21,13 @@ from ...config import SegmentConfig
 from ...errors import ConfigError
 from ...ops import difference_maps
 from ..base import ModulationMaps
-from ..common import block_stride, check_modulation_steps
+from ..common import (
+    autocast,
+    block_stride,
+    check_modulation_steps,
+    decode_dtype,
+    modulation_dtype,
+)
 from .passes import SvdFeatureResult, euler_step, guided_denoised
 
 if TYPE_CHECKING:
@@ -81,7 +87,8 @@ def svd_modulation_maps(
     finals = torch.empty(n_videos, *feats.z_start.shape, device=device)
     unet_evals = 0
     tic = time.perf_counter()
-    with AttentionController(backbone.unet, blocks, layers) as ctl:
+    precision = autocast(device, modulation_dtype(cfg, device))
+    with AttentionController(backbone.unet, blocks, layers) as ctl, precision:
         ctl.plan.inject = feats.cache if ucfg.inject else {}
         ctl.plan.halves = cond.halves
         ctl.plan.modulation_layer = mod_layers
@@ -108,7 +115,7 @@ def svd_modulation_maps(
     seconds["modulation_unet"] = time.perf_counter() - tic
 
     diff = torch.zeros(K, num_frames, H, W, device=device)
-    dtype = torch.float32 if reference else getattr(torch, ucfg.decode_dtype)
+    dtype = decode_dtype(cfg)
     per_frame = scfg.decode_frames == 1
     decode_batch = getattr(ucfg, "decode_batch", 0) or 2 * num_frames  # frames per VAE call
     # with frame-by-frame decoding and blending after the last step, a frame whose mask is

@@ -32,7 +32,14 @@ from ...errors import ConfigError
 from ...frames import Geometry
 from ...ops import gaussian_kernel1d
 from ..base import DiffusionFeatureResult
-from ..common import Schedule, query_features, vae_moments
+from ..common import (
+    Schedule,
+    autocast,
+    query_features,
+    unet_dtype,
+    vae_moments,
+    warn_if_emulated_bf16,
+)
 
 if TYPE_CHECKING:
     from .model import StableVideoDiffusion
@@ -293,7 +300,12 @@ def extract_svd(
     tic = time.perf_counter()
     latents: dict[int, torch.Tensor] = {}
     z = z_start[None]
-    with AttentionController(backbone.unet, sorted({k[0] for k in capture}), layers) as ctl:
+    warn_if_emulated_bf16(cfg, backbone.device)
+    precision = autocast(backbone.device, unet_dtype(cfg.precision, backbone.device))
+    with (
+        AttentionController(backbone.unet, sorted({k[0] for k in capture}), layers) as ctl,
+        precision,
+    ):
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
         ctl.plan.halves = cond.halves
         for i in range(fcfg.start_step, fcfg.num_inference_steps):
