@@ -390,9 +390,9 @@ def test_region_decode_crops_each_pair_and_zeroes_outside(tiny, feats, monkeypat
     shapes = []
     original = type(tiny).decode
 
-    def spy(self, latents, dtype=torch.float32):
+    def spy(self, latents, dtype=torch.float32, **kwargs):
         shapes.append(tuple(latents.shape[-2:]))
-        return original(self, latents, dtype)
+        return original(self, latents, dtype, **kwargs)
 
     monkeypatch.setattr(type(tiny), "decode", spy)
     whole = _run(tiny, feats)

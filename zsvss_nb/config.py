@@ -11,108 +11,25 @@ are ``up_blocks[1].attentions[0..2]``, 6-8 ``up_blocks[2]...`` (H/16) and 9-11 `
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import re
-import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
+from .fieldtypes import check_value, choices, field_types, parse_value
 
 STAGES = ("features", "context", "refine", "upsample", "svd")
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _choices(options: tuple[Any, ...]) -> str:
-    names = [repr(o) for o in options]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def _checked(tp: Any, value: Any, name: str) -> Any:
-    """``value`` as field type ``tp`` wants it (an int for a float widened, a list made a
-    tuple), or a one-line ConfigError: ints are ints, bools are bools, floats are finite."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _checked(inner[0], value, name) if len(inner) == 1 else value
-    if origin is Literal:
-        if value not in args or isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r}: use {_choices(args)}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r} must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}={value!r} must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(f"{name}={value!r} must be a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r} must be a string")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{name}={value!r} must be a list, e.g. 6,7,8")
-        return tuple(_checked(args[0], v, name) for v in value)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp) and not isinstance(value, tp):
-        raise ConfigError(f"{name} must be a {tp.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _parse(tp: Any, text: str, name: str) -> Any:
-    """The value of ``text`` (a command-line string) for field type ``tp``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    word = text.strip()
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        if word.lower() in ("none", "null") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _parse(inner[0], text, name) if len(inner) == 1 else text
-    if tp is bool:
-        flags = {"true": True, "1": True, "yes": True, "on": True}
-        flags |= {"false": False, "0": False, "no": False, "off": False}
-        if word.lower() not in flags:
-            raise ConfigError(f"{name}={text!r} must be true or false")
-        return flags[word.lower()]
-    if tp is int:
-        if not re.fullmatch(r"[+-]?\d+", word):
-            raise ConfigError(f"{name}={text!r} must be an integer")
-        return int(word)
-    if tp is float:
-        try:
-            return float(word)
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} must be a number") from None
-    if origin is tuple:
-        items = [w for w in re.split(r"[,\s]+", word.strip("[]() ")) if w]
-        return tuple(_parse(args[0], w, name) for w in items)
-    return text
 
 
 class _Replaceable:
     _stage: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        """Type-check every field against its annotation (see :func:`_checked`)."""
-        types = _field_types(type(self))
+        """Type-check every field against its annotation (see :func:`check_value`)."""
+        types = field_types(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             name = f"{self._stage}.{f.name}" if self._stage else f.name
-            checked = _checked(types[f.name], value, name)
+            checked = check_value(types[f.name], value, name)
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
 
@@ -134,14 +51,14 @@ class _Replaceable:
     def parse_field(cls, name: str, text: str) -> Any:
         """The value of command-line ``text`` for field ``name``, by the field's declared
         type (``"true"`` for a bool, ``"6,7,8"`` for a tuple, ``"none"`` for an optional)."""
-        types = _field_types(cls)
+        types = field_types(cls)
         if name not in types or name.startswith("_"):
             names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
             raise ConfigError(
                 f"{cls._stage or cls.__name__} has no field {name!r}; "
                 f"its fields are {', '.join(names)}"
             )
-        return _parse(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
+        return parse_value(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
 
 
 @dataclass(frozen=True)
@@ -507,7 +424,7 @@ class SegmentConfig(_Replaceable):
         stage, _, key = name.rpartition(".")
         if stage:
             if stage not in STAGES:
-                raise ConfigError(f"--set {name}: unknown stage {stage!r}; use {_choices(STAGES)}")
+                raise ConfigError(f"--set {name}: unknown stage {stage!r}; use {choices(STAGES)}")
             sub = getattr(self, stage)
             return self.replace(**{stage: sub.replace(**{key: sub.parse_field(key, text)})})
         if key in {f.name for f in fields(self)} and key not in STAGES:
