@@ -84,9 +84,11 @@ def plan(
     return rows, skipped
 
 
-def run_folder(out: Path, method: str, use_gt: bool, max_frames: int | None) -> Path:
+def run_folder(
+    out: str | os.PathLike[str], method: str, use_gt: bool, max_frames: int | None
+) -> Path:
     """Where a method's run writes its PNGs under the comparison's output folder."""
-    runs = out / ("runs" if max_frames is None else f"runs-first{max_frames}")
+    runs = Path(out) / ("runs" if max_frames is None else f"runs-first{max_frames}")
     return runs / (f"{method}.first-frame-gt" if use_gt else method)
 
 

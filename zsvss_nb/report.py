@@ -223,26 +223,32 @@ class Comparison:
 
     def scatter_figure(self, x: str | None = None, y: str = "miou") -> Figure:
         """Quality against consistency: y (default mIoU) over x (default the first mVC), one
-        marker shape per protocol, each point named by its method."""
+        colour per method and one marker shape per protocol, with a legend for each."""
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
 
         if not self.rows:
             raise ConfigError("the comparison has no rows to plot")
         x = x or f"mvc{self.vc_ns[0]}"
         headers = {k: h for k, h, _ in self.columns()}
-        fig = Figure(figsize=(4.5, 3.6), layout="constrained")
+        colours = {m: f"C{i % 10}" for i, m in enumerate(self.methods())}
+        markers = {p: "osD^v"[j % 5] for j, p in enumerate(self.protocols())}
+        fig = Figure(figsize=(5.6, 3.4), layout="constrained")
         ax = fig.add_subplot()
-        for j, protocol in enumerate(self.protocols()):
-            rows = [r for r in self.rows if r.protocol == protocol]
-            xs = [100 * r.value(x) for r in rows]
-            ys = [100 * r.value(y) for r in rows]
-            ax.scatter(xs, ys, marker="osD^v"[j % 5], label=PROTOCOL_NAMES.get(protocol, protocol))
-            for r, px, py in zip(rows, xs, ys, strict=True):
-                ax.annotate(r.method, (px, py), fontsize="x-small", xytext=(3, 2),
-                            textcoords="offset points")  # fmt: skip
+        for r in self.rows:
+            ax.scatter(
+                100 * r.value(x), 100 * r.value(y), c=colours[r.method],
+                marker=markers[r.protocol], edgecolors="k", linewidths=0.4,
+            )  # fmt: skip
         ax.set_xlabel(f"{headers.get(x, x)} (%), consistency")
         ax.set_ylabel(f"{headers.get(y, y)} (%), quality")
-        ax.legend(frameon=False, fontsize="small")
+        handles = [
+            Line2D([], [], ls="", marker="o", color=c, label=m) for m, c in colours.items()
+        ] + [
+            Line2D([], [], ls="", marker=mk, color="0.5", label=PROTOCOL_NAMES.get(p, p))
+            for p, mk in markers.items()
+        ]
+        fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize="small")
         return fig
 
     # -- files -----------------------------------------------------------------------------
@@ -265,6 +271,33 @@ class Comparison:
             "incomplete": self.incomplete,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        """Inverse of :meth:`to_dict` (e.g. ``comparison.json``), to re-render a saved table."""
+        rows = []
+        for row in data["rows"]:
+            r = row["result"]
+            result = EvalResult(
+                miou=as_float(r["miou"]),
+                pixel_acc=as_float(r["pixel_acc"]),
+                mvc={int(n): as_float(v) for n, v in r["mvc"].items()},
+                per_class_iou=[as_float(v) for v in r["per_class_iou"]],
+                protocol=r["protocol"],
+                num_frames=r["num_frames"],
+                num_videos=r["num_videos"],
+                num_classes=r["num_classes"],
+                class_names=r.get("class_names"),
+            )
+            spf = as_float(row["seconds_per_frame"])
+            rows.append(
+                ComparisonRow(
+                    row["method"], row["protocol"], row["first_frame_gt"], result, spf,
+                    row["frames"],
+                )
+            )  # fmt: skip
+        skipped = [tuple(s) for s in data.get("skipped", [])]
+        return cls(rows, skipped, data.get("meta", {}), list(data.get("incomplete", [])))
+
     def save(self, out: str | Path, stem: str = "comparison") -> list[Path]:
         """Write ``<stem>.md``, ``.csv``, ``.tex``, ``.json`` and the two figures (PDF and PNG,
         via :func:`zsvss_nb.viz.save_figure`) into ``out``, each atomically."""
@@ -283,6 +316,11 @@ class Comparison:
         for name, fig in (("bars", self.bar_figure()), ("scatter", self.scatter_figure())):
             paths += save_figure(fig, out / f"{stem}_{name}", config=config, model=model)
         return paths
+
+
+def as_float(value: Any) -> float:
+    """A JSON number as float, None (a nan written as null) as nan."""
+    return math.nan if value is None else float(value)
 
 
 def latex_escape(text: str) -> str:
