@@ -126,3 +126,31 @@ def test_missing_ray_names_the_extra(monkeypatch, dataset, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'zsvss\[distributed\]'"):
         run_dataset_ray(dataset, tmp_path, "tiny", CFG)
+
+
+def test_a_comparison_through_ray_equals_the_single_process_one(ray, dataset, tmp_path):
+    from zsvss_nb.backbones import load_backbone
+    from zsvss_nb.compare import compare, ray_runner
+
+    root = shutil.copytree(dataset.root, tmp_path / "data")
+    label = np.zeros((H, W), np.uint8)
+    label[75:115] = 1
+    for name, n in LENGTHS.items():
+        (root / "labels" / name).mkdir(parents=True)
+        for t in range(n):
+            Image.fromarray(label).save(root / "labels" / name / f"{t:03d}.png")
+    ds = open_dataset("folder", root, num_classes=2)
+    tiny = load_backbone("tiny", device="cpu")
+    args = (ds, tiny, CFG, ["kmeans-frame"], ["majority"])
+    single = compare(*args, tmp_path / "single", vc_ns=(2,), progress=False)
+    runner = ray_runner("tiny", concurrency=2)
+    distributed = compare(*args, tmp_path / "ray", vc_ns=(2,), runner=runner)
+    assert png_bytes(tmp_path / "ray" / "runs" / "kmeans-frame") == png_bytes(
+        tmp_path / "single" / "runs" / "kmeans-frame"
+    )
+    assert [r.result.miou for r in distributed.rows] == [r.result.miou for r in single.rows]
+    manifest = json.loads(
+        (tmp_path / "ray" / "runs" / "kmeans-frame" / "run_manifest_ray.json").read_text()
+    )
+    assert manifest["method"] == "kmeans-frame"
+    assert manifest["config"]["context"]["propagation"] == "per-frame-kmeans"

@@ -1,4 +1,4 @@
-"""Command line: ``zsvss segment | dataset | eval | bench | info``.
+"""Command line: ``zsvss segment | dataset | eval | compare | bench | info``.
 
 Bad input ends with exit code 2 and one line on stderr naming the input and the problem; the
 library's typed errors (:mod:`zsvss_nb.errors`) carry those lines.
@@ -221,6 +221,49 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .backbones import load_backbone
+    from .compare import compare
+    from .datasets import open_dataset
+    from .runner import local_device
+
+    cfg = build_config(args)
+    dataset = open_dataset(
+        args.format,
+        args.root,
+        split=args.split,
+        num_classes=args.num_classes,
+        ignore_index=args.ignore_index,
+    )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device or local_device())
+    backbone.release_text_encoder((cfg.features.prompt,))
+    protocols = args.protocol or ("first-frame", "hungarian", "majority")
+    result = compare(
+        dataset,
+        backbone,
+        cfg,
+        methods,
+        protocols,
+        args.out,
+        shard=_parse_shard(args.shard),
+        resume=args.resume,
+        max_frames=args.max_frames,
+        vc_ns=args.vc or (8, 16),
+        progress=not args.quiet,
+    )
+    if result.incomplete:
+        print(
+            f"segmented this shard; {len(result.incomplete)} runs still miss videos of other "
+            "shards: run again without --shard (with --resume) to score them"
+        )
+        return 0
+    paths = result.save(args.out)
+    print(result.caption() + "\n\n" + result.markdown())
+    print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -332,6 +375,36 @@ def build_parser() -> argparse.ArgumentParser:
         "(VSPW's official behaviour, the default for --format vspw)",
     )
     p.set_defaults(func=_cmd_eval)
+
+    from .metrics import PROTOCOLS
+
+    p = sub.add_parser("compare", help="run several methods on a dataset and tabulate them")
+    p.add_argument("format", help="vspw, davis, camvid, camvid32, cityscapes or folder")
+    p.add_argument("root", help="dataset root folder (with ground truth)")
+    p.add_argument("--out", required=True, help="output folder: runs/, comparison.{md,csv,tex}")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated, e.g. vidseg,diffseg-frame,kmeans-frame (default: every method "
+        "the model can run; see zsvss_nb.methods)",
+    )
+    p.add_argument(
+        "--protocol",
+        action="append",
+        choices=PROTOCOLS,
+        help="repeat for several (default: first-frame, hungarian, majority)",
+    )
+    p.add_argument("--split", default=None, help="split name (e.g. val)")
+    p.add_argument("--max-frames", type=int, default=None, help="first N frames of each video")
+    p.add_argument(
+        "--vc", type=int, action="append", help="mVC clip length, repeatable (default: 8, 16)"
+    )
+    p.add_argument("--shard", default=None, help="i/N: segment this share only (see dataset)")
+    p.add_argument("--resume", action="store_true", help="skip videos already finished")
+    p.add_argument("--num-classes", type=int, default=None)
+    _add_model_args(p)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("info", help="versions, device, and which model would load")
     p.add_argument("--model", default=None)

@@ -288,6 +288,60 @@ class SvdConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
+class DiffSegConfig(_Replaceable):
+    """The ``diffseg-frame`` baseline (Tian et al., CVPR 2024); defaults from google/diffseg.
+
+    Its benchmark notebook runs one UNet evaluation at timestep 300 on the VAE latent (no
+    noise added) with the unconditional prompt, merges a 16 x 16 anchor grid in 3 iterations at
+    KL threshold 1.1 (COCO-Stuff; 0.9 for Cityscapes) and leaves the K-means refinement off.
+    """
+
+    timestep: int = 300  # DiffSeg: attention maps from one UNet call at t = 300
+    add_noise: bool = False  # the official code feeds the clean latent; True: DDPM-noise it
+    anchors: int = 16  # DiffSeg: M = 16, an M x M anchor grid (256 anchors)
+    kl_threshold: float = 1.1  # DiffSeg: tau = 1.1 (COCO-Stuff-27; 0.9 for Cityscapes)
+    merge_iters: int = 3  # DiffSeg: N = 3 merging iterations (KL_THRESHOLD = [1.1] * 3)
+    weighting: Literal["resolution", "uniform"] = "resolution"  # DiffSeg: weight ~ map side
+    frames_per_pass: int = 1  # frames per attention pass; bounds memory, not results
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.timestep < 1000:
+            raise ConfigError(f"diffseg timestep={self.timestep} must lie in [0, 1000)")
+        if self.anchors < 1 or self.merge_iters < 1 or self.frames_per_pass < 1:
+            raise ConfigError("diffseg anchors, merge_iters and frames_per_pass must be >= 1")
+        if self.kl_threshold <= 0:
+            raise ConfigError(f"diffseg kl_threshold={self.kl_threshold} must be positive")
+        if self.weighting not in ("resolution", "uniform"):
+            raise ConfigError(f"weighting={self.weighting!r}: use 'resolution' or 'uniform'")
+
+
+@dataclass(frozen=True)
+class PropagateConfig(_Replaceable):
+    """The ``propagate-first-frame`` reference: label propagation from first-frame GT.
+
+    Defaults are DINO's video-segmentation protocol (Caron et al., ICCV 2021,
+    eval_video_segmentation.py), which DIFT reuses: the first frame and the 7 previous frames
+    as context, top-5 neighbours within 12 cells, softmax temperature 0.1.
+    """
+
+    n_last_frames: int = 7  # DINO: --n_last_frames 7 (plus the first frame, always kept)
+    radius: int = 12  # DINO: --size_mask_neighborhood 12 (cells, a square window)
+    topk: int = 5  # DINO: --topk 5
+    temperature: float = 0.1  # DINO: exp(cos / 0.1)
+
+    def __post_init__(self) -> None:
+        if self.n_last_frames < 0 or self.radius < 0:
+            raise ConfigError("propagate n_last_frames and radius must be >= 0")
+        if self.topk < 1:
+            raise ConfigError(f"propagate topk={self.topk} must be at least 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"propagate temperature={self.temperature} must be positive")
+
+
+STAGES = ("features", "context", "refine", "upsample", "svd", "diffseg", "propagate")
+
+
+@dataclass(frozen=True)
 class SegmentConfig(_Replaceable):
     """Everything one segmentation run needs; presets are classmethods."""
 
@@ -297,6 +351,8 @@ class SegmentConfig(_Replaceable):
     refine: RefineConfig = field(default_factory=RefineConfig)
     upsample: UpsampleConfig = field(default_factory=UpsampleConfig)
     svd: SvdConfig = field(default_factory=SvdConfig)  # used by the SVD backbone only
+    diffseg: DiffSegConfig = field(default_factory=DiffSegConfig)  # diffseg-frame only
+    propagate: PropagateConfig = field(default_factory=PropagateConfig)  # propagate-first-frame
     preset: str = "paper-sd"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # METHOD 1.8: the UNet (feature
     # and modulated passes) under torch.autocast, fp16 on CUDA; "auto" = fp16 on CUDA, fp32 on
@@ -448,6 +504,8 @@ class SegmentConfig(_Replaceable):
             "refine": RefineConfig,
             "upsample": UpsampleConfig,
             "svd": SvdConfig,
+            "diffseg": DiffSegConfig,
+            "propagate": PropagateConfig,
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():

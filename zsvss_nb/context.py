@@ -17,7 +17,14 @@ from torch import Tensor
 from .config import ContextConfig
 from .errors import ConfigError, InputError, LabelError
 
-__all__ = ["SceneContext", "kmeans", "knn_distance", "knn_predict", "majority_map"]
+__all__ = [
+    "SceneContext",
+    "kmeans",
+    "knn_distance",
+    "knn_predict",
+    "majority_map",
+    "per_frame_kmeans",
+]
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -240,6 +247,20 @@ def _check_feats(feats: Tensor, name: str = "feats") -> tuple[int, int, int, int
     return b, h, w, c
 
 
+def per_frame_kmeans(feats: Tensor, cfg: ContextConfig) -> Tensor:
+    """The image-method baseline: k-means on each frame's tokens alone (``cfg``'s K, restarts,
+    iterations and seed). feats [B, h, w, C] -> LongTensor [B, h, w]; ids are numbered by
+    first appearance in each frame's raster order, so they are not aligned over time."""
+    _check_feats(feats)
+    out = []
+    for frame in feats.detach():
+        tokens = frame.reshape(-1, frame.shape[-1])
+        k = min(cfg.k, tokens.shape[0])
+        _, assign = kmeans(tokens, k, cfg.n_init, cfg.kmeans_iters, cfg.kmeans_tol, cfg.seed)
+        out.append(_first_appearance_lut(assign, cfg.k)[assign].view(frame.shape[:2]))
+    return torch.stack(out)
+
+
 class SceneContext:
     """The KNN scene context model Omega, carried window to window (METHOD 1.4, 1.5).
 
@@ -340,21 +361,8 @@ class SceneContext:
         return pred.view(b, h, w)
 
     def _per_frame_kmeans(self, feats: Tensor) -> Tensor:
-        """Baseline: k-means on each frame alone; ids follow first appearance in each frame."""
-        cfg = self.cfg
-        out = []
-        for frame in feats.detach():
-            tokens = frame.reshape(-1, frame.shape[-1])
-            _, assign = kmeans(
-                tokens,
-                min(cfg.k, tokens.shape[0]),
-                cfg.n_init,
-                cfg.kmeans_iters,
-                cfg.kmeans_tol,
-                cfg.seed,
-            )
-            out.append(_first_appearance_lut(assign, cfg.k)[assign].view(frame.shape[:2]))
-        labels = torch.stack(out)
+        """Baseline: k-means on each frame alone (:func:`per_frame_kmeans`)."""
+        labels = per_frame_kmeans(feats, self.cfg)
         self._add_classes(labels)
         return labels
 

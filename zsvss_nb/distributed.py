@@ -51,6 +51,7 @@ class VideoWorker:
         cfg: dict[str, Any],
         use_first_frame_gt: bool = False,
         resume: bool = False,
+        method: str = "vidseg",
     ) -> None:
         from .backbones import load_backbone
         from .runner import config_hash
@@ -59,12 +60,13 @@ class VideoWorker:
         self.out_root = Path(out_root)
         self.use_first_frame_gt = use_first_frame_gt
         self.resume = resume
+        self.method = method
         self.host = f"{socket.gethostname()}:{os.getpid()}"
         self.init_error: Exception | None = None
         try:
             self.cfg = SegmentConfig.from_dict(cfg)
             self.backbone = load_backbone(model_spec)
-            self.key = config_hash(self.cfg, self.backbone, use_first_frame_gt)
+            self.key = config_hash(self.cfg, self.backbone, use_first_frame_gt, method)
         except Exception as err:
             self.init_error = err
 
@@ -90,6 +92,7 @@ class VideoWorker:
             self.use_first_frame_gt,
             self.dataset,
             key=self.key,
+            method=self.method,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,6 +154,7 @@ def run_dataset_ray(
     *,
     resume: bool = False,
     runtime_env: dict[str, Any] | None = None,
+    method: str = "vidseg",
 ) -> list[dict[str, Any]]:
     """Segment every video of ``dataset`` into ``out_root`` with a Ray Data actor pool.
 
@@ -161,16 +165,19 @@ def run_dataset_ray(
     ``.done.json`` matches the config hash are skipped (``"skipped": True``). A failing video
     does not stop the others (they are expensive on a cluster); once all have run, the
     manifest lists every failure and the first one (in video order) is re-raised with its own
-    type, e.g. :class:`LabelError`. Returns the per-video summaries sorted by video name.
+    type, e.g. :class:`LabelError`. ``method`` names the method (:mod:`zsvss_nb.methods`; its
+    forced settings are applied here). Returns the per-video summaries sorted by video name.
     """
     ray = _import_ray()
     if concurrency is not None and concurrency < 1:
         raise ConfigError(f"concurrency={concurrency} must be at least 1")
     if num_gpus_per_worker < 0 or num_cpus_per_worker < 0:
         raise ConfigError("num_gpus_per_worker and num_cpus_per_worker must be >= 0")
+    from .methods import resolve
+
     cfg = cfg or SegmentConfig.paper_sd()
-    cfg_dict = cfg.to_dict() if isinstance(cfg, SegmentConfig) else dict(cfg)
-    SegmentConfig.from_dict(cfg_dict)  # fail here, not on every worker, on a bad config
+    cfg = cfg if isinstance(cfg, SegmentConfig) else SegmentConfig.from_dict(dict(cfg))
+    cfg_dict = resolve(cfg, method).to_dict()  # a bad config or method fails here, not on workers
     names = [v.name for v in dataset.videos]
     out = Path(out_root).resolve()
     from .outputs import check_disjoint, check_output_folder
@@ -203,6 +210,7 @@ def run_dataset_ray(
                     "cfg": cfg_dict,
                     "use_first_frame_gt": use_first_frame_gt,
                     "resume": resume,
+                    "method": method,
                 },
                 batch_size=1,
                 compute=compute,
@@ -225,6 +233,7 @@ def run_dataset_ray(
             use_first_frame_gt,
             time.perf_counter() - tic,
             ray.__version__,
+            method,
         )
         if failed:
             err = _unpack(failed[0])
@@ -250,6 +259,7 @@ def _write_manifest(
     use_gt: bool,
     seconds: float,
     ray_version: str,
+    method: str = "vidseg",
 ) -> None:
     """``out/run_manifest_ray.json``: the Ray run's config, model spec and per-video summaries."""
     from .provenance import versions
@@ -264,6 +274,7 @@ def _write_manifest(
                 "videos_total": len(dataset.videos),
             },
             "launcher": "ray",
+            "method": method,
             "resume": resume,
             "first_frame_gt": use_gt,
             "config": cfg,

@@ -11,8 +11,9 @@
   20th of 30), mIoU uses those frames and mVC each run of consecutive labelled frames as a video.
 - Protocols map predicted ids to GT classes before scoring: ``first-frame`` (identity: the
   segmenter already mapped clusters with the first frame's GT, the paper's protocol),
-  ``hungarian`` (one-to-one per video, maximum overlap), ``majority`` (many-to-one per frame).
-  The mapped predictions are also the ones mVC is computed on.
+  ``hungarian`` (one-to-one per video, maximum overlap), ``majority`` (many-to-one per frame),
+  and for image methods run frame by frame ``hungarian-frame`` (one-to-one per frame) and
+  ``majority-video`` (many-to-one per video). mVC is computed on the mapped predictions.
 
 All kernels are numpy, vectorised over pixels (bincount; mVC sweeps the frames once); torch
 tensors are accepted and moved to the CPU. Results are fractions in [0, 1];
@@ -33,7 +34,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import ConfigError, LabelError
 
-PROTOCOLS = ("first-frame", "hungarian", "majority")
+PROTOCOLS = ("first-frame", "hungarian", "majority", "hungarian-frame", "majority-video")
 
 
 def as_ids(x: Any) -> np.ndarray:
@@ -317,11 +318,20 @@ def apply_protocol(
         raise LabelError(f"{len(pred_frames)} predicted frames but {len(gt_frames)} GT frames")
     if name == "first-frame":
         return [as_ids(p) for p in pred_frames]
+    pairs = list(zip(pred_frames, gt_frames, strict=True))
     if name == "majority":
+        return [map_majority_frame(p, g, num_classes, ignore_index) for p, g in pairs]
+    if name == "hungarian-frame":
         return [
-            map_majority_frame(p, g, num_classes, ignore_index)
-            for p, g in zip(pred_frames, gt_frames, strict=True)
+            _remap(as_ids(p), map_hungarian([p], [g], num_classes, ignore_index), num_classes)
+            for p, g in pairs
         ]
+    if name == "majority-video":
+        preds = [as_ids(p) for p in pred_frames]
+        ids, overlap = _overlap(preds, [as_ids(g) for g in gt_frames], num_classes, ignore_index)
+        lut = np.full(max((int(p.max(initial=-1)) for p in preds), default=-1) + 1, num_classes)
+        lut[ids] = overlap.argmax(1)
+        return [_remap(p, lut, num_classes) for p in preds]
     lut = map_hungarian(pred_frames, gt_frames, num_classes, ignore_index)
     return [_remap(as_ids(p), lut, num_classes) for p in pred_frames]
 

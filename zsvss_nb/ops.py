@@ -87,6 +87,26 @@ def filter_weights(masks: torch.Tensor, size: tuple[int, int], paper_compat: boo
     return lanczos_upsample(masks, size).clamp(0, 1)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-averaged attention probabilities softmax(q k^T / sqrt(d)) from projections.
+
+    q: [B, N, C], k: [B, M, C] (after ``to_q``/``to_k``, before the head split; C = heads * d)
+    -> [B, N, M] in float32, each row summing to 1. One head at a time, so only one [B, N, M]
+    block is alive besides the result.
+    """
+    if q.ndim != 3 or k.ndim != 3 or q.shape[-1] != k.shape[-1] or q.shape[-1] % heads:
+        raise ConfigError(
+            f"q {tuple(q.shape)} / k {tuple(k.shape)} do not split into {heads} heads"
+        )
+    d = q.shape[-1] // heads
+    qh = q.float().unflatten(-1, (heads, d))
+    kh = k.float().unflatten(-1, (heads, d))
+    out = torch.zeros(q.shape[0], q.shape[1], k.shape[1], device=q.device)
+    for h in range(heads):
+        out += torch.softmax(qh[..., h, :] @ kh[..., h, :].transpose(1, 2) * d**-0.5, dim=-1)
+    return out / heads
+
+
 def one_hot_maps(coarse: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """[B, h, w] label ids -> [K, B, h, w] float masks, one per id in ``classes``."""
     return (coarse.unsqueeze(0) == classes.view(-1, 1, 1, 1)).float()

@@ -32,6 +32,7 @@ from .config import SegmentConfig
 from .datasets import Dataset, VideoItem, rank_from_env
 from .datasets import shard as shard_videos
 from .errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
+from .methods import DEFAULT, get_method, hashed_config, resolve, segmenter
 from .outputs import (
     check_disjoint,
     check_output_folder,
@@ -40,7 +41,6 @@ from .outputs import (
     recover,
     staged_output,
 )
-from .pipeline import Segmenter
 from .provenance import model_identity, versions
 from .video import open_video
 from .writers import atomic_write_json, atomic_write_png
@@ -50,18 +50,26 @@ log = logging.getLogger(__name__)
 DONE_FILE = ".done.json"
 
 
-def config_hash(cfg: SegmentConfig, backbone: Backbone, use_first_frame_gt: bool) -> str:
-    """sha256 of everything that changes a video's labels: config, model weights, dtype, GT use.
+def config_hash(
+    cfg: SegmentConfig, backbone: Backbone, use_first_frame_gt: bool, method: str = DEFAULT
+) -> str:
+    """sha256 of everything that changes a video's labels: method, config, model weights, dtype,
+    GT use.
 
     The device is left out on purpose, so a run interrupted on one machine resumes on another.
+    The config is the method's resolved one without the sections it does not read
+    (:func:`zsvss_nb.methods.hashed_config`), and the method is named only when it is not
+    ``vidseg``, so VidSeg runs keep the hashes they had before methods existed.
     """
     payload = {
-        "config": cfg.to_dict(),
+        "config": hashed_config(cfg, method),
         "model_sha256": backbone.fingerprint(),
         "model_kind": backbone.kind,
         "dtype": str(backbone.dtype).replace("torch.", ""),
         "first_frame_gt": bool(use_first_frame_gt),
     }
+    if method != DEFAULT:
+        payload["method"] = method
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -130,6 +138,7 @@ def segment_video_item(
     *,
     key: str | None = None,
     progress: bool = False,
+    method: str = DEFAULT,
 ) -> dict[str, Any]:
     """Segment one dataset video into ``out_root/<video>/<frame stem>.png``, then ``.done.json``.
 
@@ -138,10 +147,11 @@ def segment_video_item(
     video finished, so an interrupted or failed re-run leaves the earlier folder exactly as it
     was and a finished folder never mixes two runs. A second process on the same video fails at
     once (:class:`~zsvss_nb.errors.OutputLockedError`). ``key`` is :func:`config_hash`
-    (computed when None). Returns ``{"video", "frames", "seconds", "skipped", "config_hash"}``.
+    (computed when None). ``method`` names the method (:mod:`zsvss_nb.methods`).
+    Returns ``{"video", "frames", "seconds", "skipped", "config_hash"}``.
     """
     if key is None:
-        key = config_hash(cfg, backbone, use_first_frame_gt)
+        key = config_hash(cfg, backbone, use_first_frame_gt, method)
     if item.frames:
         video = open_video(item.frames)
     elif item.source is not None:
@@ -150,7 +160,7 @@ def segment_video_item(
         raise DatasetLayoutError(f"video {item.name}: lists no frames and no source file")
     gt = _first_frame_ids(item, dataset, cfg) if use_first_frame_gt else None
     tic = time.perf_counter()
-    seg = Segmenter(backbone, cfg)
+    seg = segmenter(backbone, cfg, method)
     count = 0
     with video, staged_output(Path(out_root) / item.name, owned=_video_owned) as stage:
         for result in seg.segment(video, first_frame_gt=gt, progress=progress):
@@ -161,6 +171,7 @@ def segment_video_item(
             stage / DONE_FILE,
             {
                 "video": item.name,
+                "method": method,
                 "frames": count,
                 "seconds": seconds,
                 "config_hash": key,
@@ -214,8 +225,13 @@ def run_dataset(
     resume: bool = False,
     use_first_frame_gt: bool = False,
     progress: bool = True,
+    method: str = DEFAULT,
 ) -> dict[str, Any]:
     """Segment this process's share of ``dataset`` into ``out_root``; return the run manifest.
+
+    ``method`` is one of :data:`zsvss_nb.methods.METHODS` (default ``vidseg``); it is checked
+    against the backbone and the GT use before anything is written, and its forced settings are
+    applied to ``cfg`` (the manifest records the resolved config).
 
     ``backbone``: a loaded :class:`Backbone` or a spec for :func:`load_backbone` (None: the
     configured default), loaded on this process's GPU (:func:`local_device`). ``shard=(i, N)``
@@ -232,8 +248,9 @@ def run_dataset(
     items = shard_videos(dataset.videos, rank, world)
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, device=local_device())
-    cfg = cfg or backbone.default_config()
-    key = config_hash(cfg, backbone, use_first_frame_gt)
+    get_method(method).check(backbone, use_first_frame_gt)
+    cfg = resolve(cfg or backbone.default_config(), method)
+    key = config_hash(cfg, backbone, use_first_frame_gt, method)
     out = Path(out_root)
     check_dataset_output(dataset, out, rank)
     try:
@@ -255,6 +272,7 @@ def run_dataset(
                 "num_classes": dataset.num_classes,
                 "ignore_index": dataset.ignore_index,
             },
+            "method": method,
             "shard": [rank, world],
             "resume": resume,
             "first_frame_gt": use_first_frame_gt,
@@ -285,7 +303,14 @@ def run_dataset(
                 try:
                     done.append(
                         segment_video_item(
-                            item, out, backbone, cfg, use_first_frame_gt, dataset, key=key
+                            item,
+                            out,
+                            backbone,
+                            cfg,
+                            use_first_frame_gt,
+                            dataset,
+                            key=key,
+                            method=method,
                         )
                     )
                 except BaseException as err:
@@ -315,6 +340,7 @@ def segment_dataset(
     first_frame_gt: bool = True,
     keep_frames: bool = True,
     progress: bool = False,
+    method: str = DEFAULT,
 ) -> list[VideoPrediction]:
     """Segment a dataset's videos in memory and pair every frame with its GT.
 
@@ -322,16 +348,17 @@ def segment_dataset(
     videos by name. With ``first_frame_gt`` the first frame's GT (read with the dataset's
     conventions, e.g. DAVIS 0/255 as 0/1) maps clusters to classes (the "first-frame"
     protocol); without it predictions are cluster ids (for "hungarian" / "majority"). The
-    dataset's ignore id replaces ``cfg``'s, so void pixels never become a class.
+    dataset's ignore id replaces ``cfg``'s, so void pixels never become a class. ``method``
+    names the method (:mod:`zsvss_nb.methods`).
     """
-    from .pipeline import Segmenter
     from .video import open_video
 
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"max_frames={max_frames} must be at least 1")
     if dataset.ignore_index is not None:
         cfg = cfg.replace(ignore_index=dataset.ignore_index)
-    seg = Segmenter(backbone, cfg)
+    get_method(method).check(backbone, first_frame_gt)
+    seg = segmenter(backbone, cfg, method)
     items = dataset.videos if videos is None else [dataset.video(n) for n in videos]
     out = []
     for item in items:

@@ -9,6 +9,8 @@ at construction, DIFT's one-shape featurizer). The stages never ask which model 
 - :meth:`Backbone.extract_features` is stage 1 on prepared frames and returns a
   :class:`FeatureResult`; :meth:`Backbone.modulation_maps` is the model-specific part of stage 3
   and returns the unnormalised per-class difference maps (:class:`ModulationMaps`);
+- :meth:`Backbone.attention_maps` (``has_attention_maps``) gives self-attention probabilities
+  per resolution (:class:`AttentionMaps`), what attention-based baselines such as DiffSeg read;
 - :meth:`Backbone.fingerprint` is the one hash that names the weights in manifests and figures.
 
 Adding a model means subclassing :class:`Backbone` in a module of its own and registering its
@@ -92,6 +94,20 @@ class ModulationMaps:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class AttentionMaps:
+    """Self-attention probabilities of one batch of frames, one tensor per resolution.
+
+    maps: finest first, each [B, h, w, h, w] (query cell, key cell) with every query's row
+    summing to 1 over the key grid, averaged over heads and over the layers of that
+    resolution. seconds: timings ("encode", "attention_pass"); unet_evals: model evaluations.
+    """
+
+    maps: tuple[torch.Tensor, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    unet_evals: int = 0
+
+
 @dataclass(eq=False)
 class Backbone:
     """A loaded model and what it can do (see the module docstring for the contract).
@@ -109,6 +125,7 @@ class Backbone:
     size_multiple: ClassVar[int] = 64  # input sides must be multiples of this (METHOD 1.1)
     feature_stride: ClassVar[int] = 16  # pixels per feature cell (decoder blocks 6-8: H/16)
     can_modulate: ClassVar[bool] = False  # stage 3 masked modulation (METHOD 1.7)
+    has_attention_maps: ClassVar[bool] = False  # attention_maps() (attention-based baselines)
 
     @property
     def name(self) -> str:
@@ -156,6 +173,12 @@ class Backbone:
         """A one-line warning when frames processed at ``image_hw`` (H', W') are so large that
         the model changes how it runs or needs far more memory (None: nothing to say)."""
         return None
+
+    def attention_maps(
+        self, images: torch.Tensor, geometry: Geometry, cfg: SegmentConfig
+    ) -> AttentionMaps:
+        """Self-attention probabilities of prepared frames [B, 3, H', W'] in [0, 1]."""
+        raise ConfigError(f"backbone {self.kind!r} provides no self-attention maps")
 
     def release_text_encoder(self, prompts: tuple[str, ...] = ("",)) -> None:
         """Drop a text encoder once ``prompts`` are embedded (a no-op without one)."""

@@ -39,9 +39,9 @@ from ..errors import (
     ModelNotFoundError,
 )
 from ..frames import Geometry
-from ..ops import normalise_tokens
+from ..ops import attention_probs, normalise_tokens
 from ..writers import atomic_write
-from .base import Backbone, FeatureResult
+from .base import AttentionMaps, Backbone, FeatureResult
 from .common import cache_dir as default_cache_dir
 
 DINOV2_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -293,6 +293,43 @@ def dinov2_tokens(model: Dinov2Model, images: torch.Tensor, layer: int = -1) -> 
     return hidden[:, 1:].reshape(images.shape[0], height // patch, width // patch, -1)
 
 
+def _qk_projections(block: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The query and key projections of one ViT layer (transformers 5.x names, then 4.x)."""
+    attn = block.attention
+    if hasattr(attn, "q_proj"):
+        return attn.q_proj, attn.k_proj
+    return attn.attention.query, attn.attention.key
+
+
+def dinov2_attention(model: Dinov2Model, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """Self-attention probabilities among the patch tokens of ViT layer ``layer`` (-1: last).
+
+    images as :func:`dinov2_tokens`. The layer's q/k projections are captured with hooks
+    (any attention implementation), the head-averaged softmax is recomputed, the class token's
+    row and column are dropped and each row renormalised over the patches. Returns
+    ``[B, h, w, h, w]`` (query cell, key cell), h = H/14, w = W/14.
+    """
+    index = model.config.num_hidden_layers - 1 if layer == -1 else layer
+    if not 0 <= index < model.config.num_hidden_layers:
+        raise ConfigError(f"layer: must be -1 or in 0..{model.config.num_hidden_layers - 1}")
+    store: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, kind=kind: store.__setitem__(kind, out.detach())
+        )
+        for kind, module in zip("qk", _qk_projections(model.encoder.layer[index]), strict=True)
+    ]
+    try:
+        grid = dinov2_tokens(model, images, layer=-1).shape[1:3]
+    finally:
+        for handle in handles:
+            handle.remove()
+    probs = attention_probs(store["q"], store["k"], model.config.num_attention_heads)
+    patches = probs[:, 1:, 1:]
+    patches = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)
+    return patches.reshape(images.shape[0], *grid, *grid)
+
+
 @dataclass(eq=False)
 class DinoV2(Backbone):
     """The ViT as a backbone: patch tokens are the features, stage 3 cannot modulate."""
@@ -302,6 +339,7 @@ class DinoV2(Backbone):
     size_multiple: ClassVar[int] = DINOV2_PATCH  # the patch grid
     feature_stride: ClassVar[int] = DINOV2_PATCH
     can_modulate: ClassVar[bool] = False
+    has_attention_maps: ClassVar[bool] = True
 
     def modules(self) -> list[nn.Module]:
         return [self.vit] if self.vit is not None else []
@@ -332,6 +370,15 @@ class DinoV2(Backbone):
             geometry=geometry,
             seconds=seconds,
         )
+
+    def attention_maps(
+        self, images: torch.Tensor, geometry: Geometry, cfg: SegmentConfig
+    ) -> AttentionMaps:
+        """The attention of the feature layer (``features.dinov2_layer``; DiffSeg on a ViT
+        reads the last layer's): one resolution, [B, H/14, W/14, H/14, W/14]."""
+        tic = time.perf_counter()
+        maps = dinov2_attention(self.vit, images, cfg.features.dinov2_layer)
+        return AttentionMaps(maps=(maps,), seconds={"attention_pass": time.perf_counter() - tic})
 
 
 BUILTIN = ("dinov2-s",)

@@ -18,6 +18,7 @@ from ...config import SegmentConfig
 from ...errors import ConfigError
 from ..base import Backbone
 from ..common import diffusers_tiling, is_tiled, vae_encode, vae_size_advice
+from .attention_maps import sd_attention_maps
 from .modulation import sd_modulation_maps
 from .passes import extract_sd, unet_eps
 
@@ -52,6 +53,7 @@ class StableDiffusion(Backbone):
     _prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     can_modulate: ClassVar[bool] = True
+    has_attention_maps: ClassVar[bool] = True
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.unet, self.vae, self.text_encoder) if m is not None]
@@ -131,6 +133,7 @@ class StableDiffusion(Backbone):
 
     extract_features = extract_sd  # stage 1 (the contract's entry point)
     modulation_maps = sd_modulation_maps  # stage 3's model-specific part
+    attention_maps = sd_attention_maps  # self-attention probabilities (diffseg-frame)
 
     def warm_up(self, size: int) -> None:
         """One small UNet call and decode at the workload's shapes (one-time kernel set-up)."""
