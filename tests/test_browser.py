@@ -137,16 +137,26 @@ class Notebook:
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator", timeout=120_000)
 
     def run_all(self) -> None:
-        """Run > Run All Cells, then wait until every code cell has an execution count."""
-        self.page.wait_for_function(
-            "() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-            "?.getAttribute('data-status') === 'idle'",
+        """Run > Run All Cells once the kernel is up, then wait until every code cell has an
+        execution count or one shows an error (Run All stops there; check_clean reports it)."""
+        self.page.wait_for_function(  # a kernel is attached and idle, so Run All needs no dialog
+            """() => {
+                const name = document.querySelector('.jp-Toolbar-kernelName')?.textContent ?? '';
+                const busy = document.querySelector('.jp-Notebook-ExecutionIndicator')
+                    ?.getAttribute('data-status');
+                const bar = document.querySelector('#jp-main-statusbar')?.textContent ?? '';
+                return name.trim() !== '' && !/No Kernel/.test(name + bar) && busy === 'idle'
+                    && /\\| Idle/.test(bar);
+            }""",
             timeout=120_000,
+            polling=250,
         )
         self.page.get_by_role("menuitem", name="Run", exact=True).click()
         self.page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
         self.page.wait_for_function(
             """() => {
+                if (document.querySelector("[data-mime-type='application/vnd.jupyter.error']"))
+                    return true;
                 const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
                     .map(e => e.textContent.trim());
                 return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t));

@@ -98,7 +98,8 @@ def class_legend(
     """One legend of label colours below all panels of ``fig`` ("id name" per entry).
 
     ``colours``: the ``[256, 3]`` palette the panels use. On a constrained-layout figure the
-    legend gets its own space below the grid, so no panel is resized.
+    legend gets its own space below the grid, and the figure grows by the legend's height, so
+    the panels keep their size.
     """
     names = class_names or {}
     handles = [
@@ -112,10 +113,14 @@ def class_legend(
     ]
     if not handles:
         return
-    fig.legend(
+    legend = fig.legend(
         handles=handles,
         loc="outside lower center",
         ncols=min(len(handles), LEGEND_COLUMNS),
         frameon=False,
         title=title,
     )
+    lines = -(-len(handles) // LEGEND_COLUMNS) + (title is not None)
+    line_inches = 1.8 * legend.get_texts()[0].get_fontsize() / 72.0
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + lines * line_inches + 0.1)
