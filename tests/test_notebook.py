@@ -73,6 +73,7 @@ def test_workloads_cap_real_models_on_a_cpu() -> None:
     dino = notebook.check_model("dinov2-s", device="cpu")
     assert dino.workload == notebook.CPU_FEATURES
     assert dino.frames(30) == 16 and dino.frames(None) == 16 and dino.frames(8) == 8
+    assert dino.clips(["a", "b"]) == ["a"]  # notebook 05: one clip per dataset
     assert dino.config((480, 854)).features.max_side == 449  # 448x252: the 16:9 frame kept
     assert dino.config().preset == "dinov2"
     sd = notebook.check_model("tiny", device="cpu")

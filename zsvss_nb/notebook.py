@@ -66,7 +66,7 @@ class Workload:
         return f"{what} ({', '.join(parts)})"
 
 
-CPU_FEATURES = Workload("cpu", frames=16, max_side=448)  # DINOv2: ~0.5 s per 448 px frame
+CPU_FEATURES = Workload("cpu", frames=16, max_side=448, clips=1)  # DINOv2: ~0.5 s per frame
 CPU_DIFFUSION = Workload("cpu", frames=4, max_side=256, clips=1)  # SD: minutes per window
 
 
