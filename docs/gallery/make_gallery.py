@@ -1,6 +1,6 @@
 """Make the README gallery: small PNGs of what the notebooks show, from dinov2-s on the samples.
 
-Run from the repository root (CPU is fine, about two minutes on 2 cores):
+Run from the repository root (CPU is fine: 61-88 s on 2 shared EPYC cores):
 
     python docs/gallery/make_gallery.py
 
