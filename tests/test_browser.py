@@ -104,7 +104,7 @@ def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         else:
             pytest.fail(f"JupyterLab did not start: {(work / 'lab.log').read_text()[-2000:]}")
         assert server.poll() is None, (work / "lab.log").read_text()[-2000:]
-        url = f"http://127.0.0.1:{port}/lab/tree/notebooks/{{name}}?token={token}"
+        url = f"http://127.0.0.1:{port}/lab/tree/notebooks/{{name}}?reset&token={token}"
         yield url, work / "notebooks"
     finally:
         server.terminate()
