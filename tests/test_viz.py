@@ -213,69 +213,6 @@ def test_cosine_map_matches_loop_reference() -> None:
 # ----------------------------------------------------------------------------- figures
 
 
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    k: int = 20
-    blocks: tuple[int, ...] = (6, 7, 8)
-    name: str = "paper (sd)"
-
-
-class _Model:
-    identity = {"model_id": "tiny", "sha256": "ab\\c(d", "dtype": "float32"}
-
-
-def _small_figure() -> Figure:
-    return viz.show_frames(np.zeros((2, 8, 8, 3), dtype=np.uint8))
-
-
-def test_save_figure_writes_formats_and_round_trips_provenance(tmp_path) -> None:
-    fig = _small_figure()
-    cfg = _Cfg()
-    paths = viz.save_figure(fig, tmp_path / "sub" / "fig.v1", config=cfg, model=_Model())
-    assert [p.name for p in paths] == ["fig.v1.pdf", "fig.v1.png"]
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["fig.v1.pdf", "fig.v1.png"]
-    assert paths[0].read_bytes().startswith(b"%PDF")
-    expected_cfg = {"k": 20, "blocks": [6, 7, 8], "name": "paper (sd)"}
-    for p in paths:
-        meta = viz.read_figure_metadata(p)
-        assert meta["config"] == expected_cfg
-        assert meta["model"] == _Model.identity
-        assert meta["software"].startswith("zsvss ")
-    plt.close(fig)
-
-
-def test_save_figure_dict_config_svg_and_errors(tmp_path) -> None:
-    fig = _small_figure()
-    config = {"k": 3, "note": "éß (unicode)"}
-    model = {"model_id": "sd-2-1-base", "revision": None}
-    paths = viz.save_figure(
-        fig, tmp_path / "f", config=config, model=model, formats=("png", "pdf", "svg")
-    )
-    assert len(paths) == 3
-    for p in paths:
-        meta = viz.read_figure_metadata(p)
-        assert meta["config"] == config and meta["model"] == model
-    bare = viz.save_figure(fig, tmp_path / "bare", formats=("png",))
-    assert viz.read_figure_metadata(bare[0])["config"] is None
-    with pytest.raises(InputError):
-        viz.save_figure(fig, tmp_path / "x", formats=("jpg",))
-    with pytest.raises(InputError):
-        viz.save_figure(fig, tmp_path / "x", model=object())
-    assert not list(tmp_path.glob(".*tmp"))
-    plt.close(fig)
-
-
-def test_publication_style_sets_and_restores_rcparams() -> None:
-    before = matplotlib.rcParams["axes.spines.top"]
-    with viz.publication_style():
-        assert matplotlib.rcParams["savefig.dpi"] == 300
-        assert matplotlib.rcParams["axes.spines.right"] is False
-        fig = viz.plot_per_class_iou([0.5, 0.7])
-    assert matplotlib.rcParams["axes.spines.top"] == before
-    assert fig.axes[0].spines["top"].get_visible() is False
-    plt.close(fig)
-
-
 def test_plot_helpers_return_figures() -> None:
     g = torch.Generator().manual_seed(4)
     frames = torch.rand(3, 3, 16, 24, generator=g)
@@ -411,15 +348,23 @@ def test_show_label_maps_overlays_resized_maps_on_each_frame() -> None:
     fine = np.random.default_rng(3).integers(0, 4, (8, 12))
     fig = viz.show_label_maps(frame, [coarse, fine], titles=["coarse", "fine"], alpha=0.5)
     a0, a1 = fig.axes[:2]
+    clusters = viz.cluster_palette()
     np.testing.assert_array_equal(
-        a0.images[0].get_array(), viz.overlay(frame, resize_labels_loop(coarse, (8, 12)), 0.5)
+        a0.images[0].get_array(),
+        viz.overlay(frame, resize_labels_loop(coarse, (8, 12)), 0.5, clusters),
     )
-    np.testing.assert_array_equal(a1.images[0].get_array(), viz.overlay(frame, fine, 0.5))
+    np.testing.assert_array_equal(a1.images[0].get_array(), viz.overlay(frame, fine, 0.5, clusters))
     assert a0.get_title() == "coarse"
-    legend = a1.get_legend()
+    (legend,) = fig.legends  # one legend for the figure, below the panels
     assert [t.get_text() for t in legend.get_texts()] == [str(i) for i in range(6)]
     plain = viz.show_label_maps(None, torch.as_tensor(coarse)[None], legend=False)
-    np.testing.assert_array_equal(plain.axes[0].images[0].get_array(), viz.palette()[coarse])
+    np.testing.assert_array_equal(plain.axes[0].images[0].get_array(), clusters[coarse])
+    assert not plain.legends
+    camvid = viz.show_label_maps(frame, [coarse], colours="camvid", legend=False)
+    np.testing.assert_array_equal(
+        camvid.axes[0].images[0].get_array(),
+        viz.overlay(frame, resize_labels_loop(coarse, (8, 12)), 0.5, viz.dataset_palette("camvid")),
+    )
     with pytest.raises(InputError):
         viz.show_label_maps(np.stack([frame] * 3), [coarse, fine])
 
@@ -431,7 +376,7 @@ def test_show_label_rows_one_row_per_stage_and_union_legend() -> None:
     axes = np.array(fig.axes).reshape(2, 3)
     assert axes[0, 0].get_ylabel() == "a" and axes[1, 0].get_ylabel() == "b"
     assert axes[0, 2].get_title() == "frame 2" and axes[1, 2].get_title() == ""
-    texts = [t.get_text() for t in axes[0, -1].get_legend().get_texts()]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert texts == ["0", "7"]
     with pytest.raises(InputError):
         viz.show_label_rows(frames, {"a": rows["a"], "b": rows["b"][:2]})
@@ -471,11 +416,11 @@ def test_show_zoom_crops_every_labelling_to_the_box() -> None:
     coarse = np.array([[0, 1], [1, 2]])
     fig = viz.show_zoom(frame, {"fine": fine, "coarse": coarse}, (4, 6, 12, 16))
     np.testing.assert_array_equal(
-        fig.axes[1].images[0].get_array(), viz.overlay(frame, fine, 0.5)[4:12, 6:16]
+        fig.axes[1].images[0].get_array(), viz.overlay(frame, fine, 0.5, "clusters")[4:12, 6:16]
     )
     full = resize_labels_loop(coarse, (16, 20))
     np.testing.assert_array_equal(
-        fig.axes[2].images[0].get_array(), viz.overlay(frame, full, 0.5)[4:12, 6:16]
+        fig.axes[2].images[0].get_array(), viz.overlay(frame, full, 0.5, "clusters")[4:12, 6:16]
     )
     (rect,) = fig.axes[0].patches
     assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (6, 4, 10, 8)
@@ -502,6 +447,172 @@ def test_cross_frame_similarity_and_matrices_figure() -> None:
     fig = viz.show_similarity_matrices({"A": feats, "B": feats[:2]})
     assert isinstance(fig, Figure) and len(fig.axes) == 2 + 1  # two heat maps and a colour bar
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(), sim.numpy())
+
+
+# ----------------------------------------------------------------------------- palettes
+
+
+def test_cluster_palette_gives_every_id_a_visible_distinct_colour() -> None:
+    pal = viz.cluster_palette()
+    assert pal.shape == (256, 3) and pal.dtype == np.uint8
+    assert pal[0].max() > 0  # id 0 is a colour, not black
+    assert (pal[:255].max(axis=1) > 0).all()  # no cluster id is black
+    assert len({tuple(c) for c in pal[:20]}) == 20
+    assert tuple(pal[255]) == viz.VOID_COLOUR
+    np.testing.assert_array_equal(pal[20:255], viz.palette()[20:255])
+    np.testing.assert_array_equal(viz.resolve_palette(None), pal)
+    np.testing.assert_array_equal(viz.resolve_palette("clusters"), pal)
+    np.testing.assert_array_equal(viz.resolve_palette("voc"), viz.palette())
+
+
+def test_dataset_palettes_are_the_datasets_own_colours(tmp_path) -> None:
+    camvid = viz.dataset_palette("camvid")
+    assert tuple(camvid[0]) == (128, 128, 128)  # sky is grey, not black
+    assert tuple(camvid[3]) == (128, 64, 128) and tuple(camvid[10]) == (0, 128, 192)
+    assert tuple(camvid[11]) == (0, 0, 0)  # void, as SegNet draws it
+    city = viz.dataset_palette("cityscapes")
+    assert tuple(city[0]) == (128, 64, 128) and tuple(city[18]) == (119, 11, 32)
+    np.testing.assert_array_equal(viz.dataset_palette("davis"), viz.palette())
+    # VSPW / DAVIS 2017 masks carry their palette: the dataset's own colours are read from it
+    stored = np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
+    mask = Image.fromarray(np.zeros((4, 4), np.uint8), mode="P")
+    mask.putpalette(stored.reshape(-1).tolist())
+    mask.save(tmp_path / "00000.png")
+    video = dataclasses.make_dataclass("V", ["labels"])({"00000": tmp_path / "00000.png"})
+    dataset = dataclasses.make_dataclass("D", ["name", "videos"])("vspw", [video])
+    np.testing.assert_array_equal(viz.dataset_palette(dataset), stored)
+    np.testing.assert_array_equal(viz.resolve_palette("camvid"), camvid)
+    short = viz.resolve_palette([(1, 2, 3)])
+    assert tuple(short[0]) == (1, 2, 3) and tuple(short[1]) == tuple(viz.cluster_palette()[1])
+    with pytest.raises(InputError):
+        viz.resolve_palette("rainbow")
+    with pytest.raises(InputError):
+        viz.resolve_palette(np.zeros((3, 4)))
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def spread_loop(count: int, max_count: int) -> list[int]:
+    if count <= max_count:
+        return list(range(count))
+    step = (count - 1) / (max_count - 1)
+    return sorted({int(round(i * step)) for i in range(max_count)})
+
+
+@pytest.mark.parametrize("count,max_count", [(3, 8), (8, 8), (30, 8), (9, 8), (14, 4), (50, 7)])
+def test_spread_indices_keeps_ends_and_spreads_evenly(count, max_count) -> None:
+    got = viz.spread_indices(count, max_count)
+    assert got == spread_loop(count, max_count)
+    assert got[0] == 0 and got[-1] == count - 1 and len(got) <= max_count
+
+
+def _panel_sizes(fig: Figure) -> list[tuple[int, int]]:
+    fig.draw_without_rendering()  # runs the layout and each Axes' aspect adjustment
+    boxes = [a.get_window_extent() for a in fig.axes if a.images]
+    return [(round(b.width), round(b.height)) for b in boxes]
+
+
+def test_label_rows_wrap_long_clips_and_the_legend_never_resizes_a_panel() -> None:
+    frames = np.stack([rng_frame(36, 48, s) for s in range(30)])
+    rows = {"coarse": np.arange(30)[:, None, None] % 12 * np.ones((30, 3, 4), np.int64)}
+    rows["refined"] = rows["coarse"] + 100
+    fig = viz.show_label_rows(frames, rows, indices=range(100, 130), class_names={0: "sky"})
+    image_axes = [a for a in fig.axes if a.images]
+    assert len(image_axes) == 2 * 8  # at most 8 frames per row
+    titles = [a.get_title() for a in image_axes[:8]]
+    assert titles == [f"frame {100 + i}" for i in spread_loop(30, 8)]
+    sizes = _panel_sizes(fig)
+    assert max(w for w, _ in sizes) - min(w for w, _ in sizes) <= 1  # 24 legend entries and
+    assert max(h for _, h in sizes) - min(h for _, h in sizes) <= 1  # every panel the same size
+    w, h = sizes[0]
+    assert abs(w / h - 48 / 36) < 0.05  # the frames' aspect ratio
+    (legend,) = fig.legends
+    assert legend.get_window_extent().y1 <= min(a.get_window_extent().y0 for a in image_axes)
+    assert fig.get_size_inches()[0] < 20  # not one 30-panel row
+
+
+def test_similarity_colour_range_follows_the_data_and_is_labelled() -> None:
+    sims = torch.linspace(0.2, 0.9, 2 * 3 * 4).reshape(2, 3, 4)
+    frames = np.stack([rng_frame(30, 40, s) for s in range(2)])
+    fig = viz.show_similarity(sims, frames, point=(0, 1, 1))
+    maps = [a.images[1] for a in fig.axes if len(a.images) == 2]
+    assert all(m.get_clim() == pytest.approx((0.2, 0.9)) for m in maps)
+    assert all(m.get_extent() == [0.0, 40.0, 30.0, 0.0] for m in maps)
+    (bar,) = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert bar.get_ylabel() == "cosine similarity"
+    fixed = viz.show_similarity(sims, frames, point=(0, 1, 1), vmin=-1.0, vmax=1.0)
+    assert fixed.axes[0].images[1].get_clim() == (-1.0, 1.0)
+
+
+def test_difference_maps_and_pca_are_drawn_at_the_frame_aspect_ratio() -> None:
+    maps = torch.rand(2, 64, 128)  # processed 2:1, frame 4:3
+    fig = viz.show_difference_maps(maps, [3, 5], size=(360, 480))
+    panels = [a for a in fig.axes if a.images]
+    assert all(a.images[0].get_extent() == [0.0, 480.0, 360.0, 0.0] for a in panels)
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 2 and all(b.get_ylabel() == "D_c" for b in bars)
+    for a, m in zip(panels, maps, strict=True):
+        assert a.images[0].get_clim() == pytest.approx((float(m.min()), float(m.max())))
+    pca = viz.show_feature_pca(torch.randn(2, 4, 8, 6), size=(360, 480))
+    assert all(a.images[0].get_extent() == [0.0, 480.0, 360.0, 0.0] for a in pca.axes)
+    w, h = _panel_sizes(pca)[0]
+    assert abs(w / h - 4 / 3) < 0.05
+
+
+def test_per_class_iou_bars_are_percent_titled_and_show_the_tables_miou() -> None:
+    ious = {0: 0.5, 1: float("nan"), 3: 0.25, 8: 0.7}
+    fig = viz.plot_per_class_iou(
+        ious, {0: "sky", 3: "road", 8: "car"}, title="CamVid, m, first-frame", colours="camvid",
+        miou=0.3167,
+    )  # fmt: skip
+    a = fig.axes[0]
+    assert [round(p.get_height(), 6) for p in a.patches] == [50.0, 25.0, 70.0]
+    assert a.get_ylim() == (0.0, 100.0) and a.get_ylabel() == "IoU (%)"
+    assert a.get_title() == "CamVid, m, first-frame"
+    (line,) = a.lines
+    assert line.get_ydata()[0] == pytest.approx(31.67)
+    assert a.get_legend().get_texts()[0].get_text() == "mIoU 31.67"
+    camvid = viz.dataset_palette("camvid") / 255.0
+    np.testing.assert_allclose(a.patches[2].get_facecolor()[:3], camvid[8])
+    plain = viz.plot_per_class_iou([0.2, 0.4]).axes[0]
+    assert plain.lines[0].get_ydata()[0] == pytest.approx(30.0)
+
+
+def test_qualitative_strip_subsamples_names_frames_and_has_a_class_legend() -> None:
+    frames = np.stack([rng_frame(12, 16, s) for s in range(20)])
+    gts = np.zeros((20, 12, 16), np.int64)
+    gts[:, 6:] = 3
+    preds = gts.copy()
+    preds[:, :, :4] = 8
+    fig = viz.qualitative_strip(
+        frames, gts, preds, class_names=["sky", "building", "pole", "road", "", "", "", "", "car"],
+        colours="camvid", title="CamVid x, model, first-frame protocol", indices=range(50, 70),
+    )  # fmt: skip
+    panels = [a for a in fig.axes if a.images]
+    assert len(panels) == 3 * 8
+    assert [a.get_title() for a in panels[:8]] == [f"frame {50 + i}" for i in spread_loop(20, 8)]
+    assert fig._suptitle.get_text() == "CamVid x, model, first-frame protocol"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["0 sky", "3 road", "8 car"]
+    np.testing.assert_array_equal(
+        panels[8].images[0].get_array(), viz.dataset_palette("camvid")[gts[0]]
+    )
+
+
+def test_plot_tracks_highlights_one_track_on_chosen_frames() -> None:
+    frames = np.zeros((4, 16, 32, 3), dtype=np.uint8)
+    pos = np.zeros((4, 3, 2), np.int64)
+    pos[:, 1, 1] = np.arange(4)  # track 1 moves right one cell per frame
+    fig = viz.plot_tracks(
+        frames, pos, np.array([True, False, True]), (4, 8), highlight=1, shown=[0, 3]
+    )
+    assert [a.get_title() for a in fig.axes] == ["frame 0", "frame 3"]
+    path, _ = fig.axes[1].lines
+    assert path.get_linestyle() == "--"  # dropped by the filter
+    np.testing.assert_allclose(path.get_xdata(), (np.arange(4) + 0.5) * 4)
+    with pytest.raises(InputError):
+        viz.plot_tracks(frames, pos, None, (4, 8), shown=[4])
 
 
 # ----------------------------------------------------------------------------- import side effects

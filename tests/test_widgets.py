@@ -90,46 +90,55 @@ def test_explorer_shows_typed_errors_instead_of_raising_in_callbacks() -> None:
 # -------------------------------------------------------------------------- explorers
 
 
-def test_similarity_explorer_maps_follow_the_sliders() -> None:
+def test_similarity_explorer_maps_follow_the_relative_query() -> None:
     feats = planted_features()
     imgs = frames_np()
     ex = widgets.similarity_explorer(feats, imgs)
-    assert {k: c.max for k, c in ex.controls.items()} == {"frame": 1, "y": 3, "x": 5}
+    assert set(ex.controls) == {"frame", "fy", "fx"}  # the convention of every explorer
+    assert isinstance(ex.controls["fy"], widgets.widgets.FloatSlider)
     ex.controls["frame"].value = 1
-    ex.controls["y"].value = 0
-    ex.controls["x"].value = 5
+    ex.controls["fy"].value = 0.0
+    ex.controls["fx"].value = 1.0  # the last cell: (0, 5)
     want = viz.cosine_similarity_map(feats, 1, 0, 5)
     got = ex.figure.axes[0].images[1].get_array()
     np.testing.assert_allclose(got, want[0].numpy(), atol=1e-6)
     # the planted structure: the query (right half) is similar to the right half only
     assert got[:, 3:].min() > 0.9 and got[:, :3].max() < 0.2
+    assert "cell (y=0, x=5) of 4x6" in ex.figure._suptitle.get_text()
     res = fake_result(feats, torch.rand(2, 3, 16, 24))
     assert widgets.similarity_explorer(res).figure is not None  # frames from the result
 
 
-def test_kmeans_explorer_recovers_planted_halves_and_caches(monkeypatch) -> None:
+def test_kmeans_explorer_shows_the_pipelines_own_clustering_and_caches(monkeypatch) -> None:
     from zsvss_nb import context
 
     calls = []
     real = context.kmeans
 
-    def counting(x, k, **kw):
-        calls.append(k)
-        return real(x, k, **kw)
+    def counting(x, k, *args, **kw):
+        calls.append((k, x.shape[0], args))
+        return real(x, k, *args, **kw)
 
     monkeypatch.setattr(context, "kmeans", counting)
-    ex = widgets.kmeans_explorer(planted_features(), None, ks=(2, 3, 4), k=2)
+    cfg = SegmentConfig.tiny()  # window scope, n_init 2: what SceneContext.initialise uses
+    feats = planted_features()
+    ex = widgets.kmeans_explorer(feats, None, ks=range(2, 5), k=2, cfg=cfg)
+    assert isinstance(ex.controls["k"], widgets.widgets.IntSlider)
     shown = ex.figure.axes[0].images[0].get_array()  # palette colours of frame 1's labels
     left, right = shown[:, :3].reshape(-1, 3), shown[:, 3:].reshape(-1, 3)
     assert len({tuple(c) for c in left}) == 1 and len({tuple(c) for c in right}) == 1
     assert tuple(left[0]) != tuple(right[0])
+    want = context.SceneContext(cfg.context.replace(k=2)).initialise(feats)
+    np.testing.assert_array_equal(shown, viz.cluster_palette()[want.numpy()])
+    assert calls[0] == (2, 2 * 4 * 6, (cfg.context.n_init, 300, 1e-4, 0))  # window, as run
     ex.controls["k"].value = 3
     ex.controls["k"].value = 2
-    assert calls == [2, 3]  # K = 2 came from the cache the second time
-    win = widgets.kmeans_explorer(planted_features(), frames_np(), ks=(2,), k=2, scope="window")
-    assert len([a for a in win.figure.axes if a.images]) == 2
-    with pytest.raises(ConfigError):
-        widgets.kmeans_explorer(planted_features(), scope="video")
+    assert [c[0] for c in calls] == [2, 2, 3]  # K = 2 came from the cache the second time
+    title = ex.figure._suptitle.get_text()
+    assert "all tokens of the window" in title and f"n_init {cfg.context.n_init}" in title
+    frame1 = cfg.replace(kmeans_scope="frame1")
+    one = widgets.kmeans_explorer(feats, frames_np(), ks=(2,), k=2, cfg=frame1)
+    assert "frame 1's tokens" in one.figure._suptitle.get_text()
 
 
 def test_feature_explorer_routes_options_to_config_and_caches(monkeypatch) -> None:
@@ -155,6 +164,7 @@ def test_feature_explorer_routes_options_to_config_and_caches(monkeypatch) -> No
     dino.controls["dinov2_layer"].value = 5
     dino.controls["normalisation"].value = "l2"
     assert set(dino.controls) == {"dinov2_layer", "normalisation", "frame", "fy", "fx"}
+    assert dino.figure._suptitle.get_text().startswith("features")  # no backbone: no name
     assert len(seen) == 2 + 3
     with pytest.raises(ConfigError):
         widgets.feature_explorer(None, window, cfg, {"no_such_field": [1]})
@@ -191,6 +201,7 @@ def test_lambda_explorer_modulates_once_per_lambda(monkeypatch) -> None:
     cfg = SegmentConfig.tiny()
     ex = widgets.lambda_explorer(None, res, coarse, cfg, lams=(10, 50))
     assert lams == [50.0]
+    assert isinstance(ex.controls["lam"], widgets.widgets.Dropdown)  # no ignored typed values
     ex.controls["frame"].value = 1
     ex.controls["lam"].value = 10.0
     ex.controls["lam"].value = 50.0
@@ -206,6 +217,7 @@ def test_lambda_explorer_modulates_once_per_lambda(monkeypatch) -> None:
     assert lams == [50.0, 10.0, 50.0] and seeded.figure is not None  # only the seeding call
     titles = [a.get_title() for a in ex.figure.axes]
     assert "raw argmax D" in titles and "filtered" in titles and "0" in titles
+    assert ex.figure.legends  # the class colours are named
 
 
 def test_context_explorer_runs_each_memory_mode_once(monkeypatch) -> None:
@@ -239,6 +251,79 @@ def test_context_explorer_runs_each_memory_mode_once(monkeypatch) -> None:
     assert "coarse (KNN) 1.000, refined 0.000" in ex.figure._suptitle.get_text()
 
 
+def shifting_features(b: int = 4, h: int = 6, w: int = 8, shift: int = 2) -> torch.Tensor:
+    """A pattern that moves ``shift`` cells right per frame (one-hot per column, wrapped)."""
+    cols = (torch.arange(w)[None, :] - shift * torch.arange(b)[:, None]) % w  # [B, w]
+    feats = torch.zeros(b, h, w, h * w)
+    rows = torch.arange(h)[None, :, None].expand(b, h, w)
+    feats[
+        torch.arange(b)[:, None, None],
+        rows,
+        torch.arange(w)[None, None, :],
+        rows * w + cols[:, None, :],
+    ] = 1
+    return feats
+
+
+def surviving_loop(positions: torch.Tensor, hop: int) -> int:
+    kept = 0
+    for n in range(positions.shape[1]):
+        steps = [
+            (positions[t + 1, n] - positions[t, n]).abs().max()
+            for t in range(positions.shape[0] - 1)
+        ]
+        kept += all(int(s) <= hop for s in steps)
+    return kept
+
+
+def test_refine_explorer_counts_surviving_tracks_per_hop_threshold() -> None:
+    from zsvss_nb.refine import refine, track
+
+    feats = shifting_features()
+    res = fake_result(feats, torch.rand(4, 3, 24, 32))
+    coarse = torch.randint(0, 3, (4, 6, 8), generator=torch.Generator().manual_seed(0))
+    cfg = SegmentConfig.tiny()
+    ex = widgets.refine_explorer(res, coarse, cfg, frames=frames_np(4, 24, 32))
+    assert isinstance(ex.controls["hop"], widgets.widgets.IntSlider)
+    assert set(ex.controls) == {"hop", "fy", "fx"}
+    positions = track(feats, cfg.refine).positions
+    for hop in (1, 2, 0, 3):
+        ex.controls["hop"].value = hop
+        kept = surviving_loop(positions, hop)
+        title = ex.figure._suptitle.get_text()
+        assert f"{kept} of 48 tracks survive" in title
+    ex.controls["hop"].value = 1
+    assert (
+        "0 of 48" in ex.figure._suptitle.get_text() and "dropped" in ex.figure._suptitle.get_text()
+    )
+    ex.controls["hop"].value = 2  # the pattern moves 2 cells a frame: tracks that do not wrap
+    ex.controls["fx"].value = 0.0  # around the right edge (columns 0 and 1) all survive
+    title = ex.figure._suptitle.get_text()
+    assert "12 of 48" in title and "cell (y=3, x=0) kept" in title
+    refined = refine(coarse, feats, cfg.refine.replace(hop_threshold=2))
+    bottom = [a for a in ex.figure.axes if a.get_title().startswith("refined")]
+    assert len(bottom) == 4
+    pal = viz.cluster_palette()
+    want = viz.overlay(frames_np(4, 24, 32)[3], viz.resize_labels(refined[3], (24, 32)), 0.5, pal)
+    np.testing.assert_array_equal(bottom[3].images[0].get_array(), want)
+
+
+def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) -> None:
+    from zsvss_nb import explorer
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
+    ex = widgets.similarity_explorer(planted_features(), frames_np())
+    assert explorer.EXPLORER_CLASS in ex._dom_classes
+    ex._ipython_display_()
+    live, static = shown
+    assert "application/vnd.jupyter.widget-view+json" in live
+    html = static["text/html"]
+    assert f'class="{explorer.STATIC_CLASS}"' in html
+    assert base64.b64encode(ex._png).decode("ascii") in html
+    assert f":has(.{explorer.EXPLORER_CLASS})" in html  # hidden where the live widget renders
+
+
 # -------------------------------------------------------------------------- take_frames
 
 
@@ -262,3 +347,27 @@ def test_take_frames_of_an_array_keeps_pixels_and_divides_fps() -> None:
     clip = widgets.take_frames(open_video(frames, fps=30.0), 2, step=3)
     assert len(clip) == 2 and clip.fps == 10.0
     assert clip.read([0, 1])[:, 0, 0, 0].tolist() == [0, 3]
+
+
+def test_static_html_export_of_an_executed_notebook_shows_each_explorer(tmp_path) -> None:
+    """``jupyter nbconvert --execute --to html`` stores the widget state, so the page shows the
+    live widget only where its JavaScript loads; the static copy shows the figure regardless."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    code = (
+        "import torch\nfrom zsvss_nb import widgets\n"
+        "widgets.similarity_explorer(torch.randn(2, 4, 6, 8))"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert "application/vnd.jupyter.widget-state+json" in nb.metadata["widgets"]
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    static = html[html.index('class="zsvss-static"') :]
+    assert 'src="data:image/png;base64,' in static[: static.index("</figure>")]

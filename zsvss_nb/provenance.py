@@ -6,9 +6,11 @@ these blocks from here, so a model is named by the same sha256 everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ import torch
 
 if TYPE_CHECKING:
     from .backbones.base import Backbone
+    from .config import SegmentConfig
 
 
 def versions() -> dict[str, str]:
@@ -35,6 +38,77 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "numpy": np.__version__,
     }
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def package_commit() -> dict[str, Any]:
+    """The git commit of the checkout this package is imported from.
+
+    ``{"commit": sha or None, "dirty": bool or None}``: None for both when the package is not
+    the ``zsvss_nb`` folder of a git checkout (an installed wheel, no git). ``dirty`` says
+    whether tracked files of the package differ from that commit. Read once per process.
+    """
+    package = Path(__file__).resolve().parent
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / package.name != package:
+        return {"commit": None, "dirty": None}
+    commit = _git(package, "rev-parse", "HEAD")
+    status = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_info() -> dict[str, Any]:
+    """zsvss's version and the git commit of its checkout (:func:`package_commit`)."""
+    from . import __version__
+
+    return {"version": __version__, **package_commit()}
+
+
+def config_record(cfg: SegmentConfig) -> dict[str, Any]:
+    """A config as run: its preset name, every field, and the fields changed from the preset.
+
+    ``changed`` maps dotted field names (``features.max_side``) to the values that differ from
+    ``SegmentConfig.from_preset(cfg.preset)`` (None when the preset name is not a preset).
+    """
+    from .config import SegmentConfig
+    from .errors import ConfigError
+
+    values = cfg.to_dict()
+    try:
+        base = SegmentConfig.from_preset(cfg.preset).to_dict()
+    except ConfigError:
+        return {"preset": cfg.preset, "config": values, "changed": None}
+    changed: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            changed |= {f"{key}.{k}": v for k, v in value.items() if base.get(key, {}).get(k) != v}
+        elif base.get(key) != value:
+            changed[key] = value
+    return {"preset": cfg.preset, "config": values, "changed": changed}
+
+
+def model_record(backbone: Backbone, cfg: SegmentConfig | None = None) -> dict[str, Any]:
+    """One model as a figure or report shows it: identity (with the manifest's sha256) and,
+    when given, the config it ran with (:func:`config_record`)."""
+    from .config import SegmentConfig
+    from .errors import InputError
+
+    record: dict[str, Any] = {"identity": model_identity(backbone)}
+    if cfg is not None:
+        if not isinstance(cfg, SegmentConfig):
+            raise InputError(f"the config of {backbone.name} must be a SegmentConfig, got {cfg!r}")
+        record |= config_record(cfg)
+    return record
 
 
 def model_identity(backbone: Backbone) -> dict[str, Any]:

@@ -1,21 +1,24 @@
 """ipywidgets explorers for the notebooks, built only from zsvss_nb calls.
 
-Each explorer is an :class:`Explorer`: a VBox of controls above one figure. Building it draws the
-figure once, so a notebook run without a live frontend (nbval, nbconvert) still holds the
-picture: the Output widget keeps it as a PNG and the explorer's own display bundle carries the
-same PNG for renderers without widget support. Moving a control redraws through the same viz
-function the static cells use, so ``explorer.save(...)`` exports exactly what is shown. Expensive
-results (feature passes, modulation runs, segmentations) are cached per control value inside
-each explorer, never globally.
+Each explorer is an :class:`~zsvss_nb.explorer.Explorer`: a VBox of controls above one figure.
+Building it draws the figure once, so a notebook run without a live frontend (nbval, nbconvert)
+still holds the picture: the Output widget keeps it as a PNG, the explorer's display bundle
+carries the same PNG for renderers without widget support, and displaying an explorer adds a
+static copy (an HTML image) that JupyterLab hides once the live widget renders, so a static HTML
+export, which cannot run widgets, still shows every explorer. Moving a control redraws through
+the same viz function the static cells use, so ``explorer.save(...)`` exports exactly what is
+shown. Expensive results (feature passes, modulation runs, segmentations, tracks) are cached
+per control value inside each explorer, never globally.
+
+Controls take typed values: integers and fractions are IntSlider / FloatSlider (their readout
+accepts a typed number), fixed choices are Dropdowns. Query points are given the same way in
+every explorer: a frame and a relative position (y, x) in [0, 1] (:func:`viz.relative_cell`).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -24,8 +27,10 @@ from matplotlib.figure import Figure
 
 from . import viz
 from .config import SegmentConfig
-from .errors import ConfigError, InputError, ZsvssError
+from .errors import ConfigError, InputError
+from .explorer import Explorer, choice, fraction_slider, query_controls, slider
 from .features import FeatureResult, extract, normalise_tokens
+from .notebook import model_label
 from .video import take_frames
 
 __all__ = [
@@ -36,98 +41,10 @@ __all__ = [
     "feature_explorer",
     "kmeans_explorer",
     "lambda_explorer",
+    "refine_explorer",
     "similarity_explorer",
     "take_frames",
 ]
-
-
-def _png(fig: Figure, dpi: float = 100) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
-
-
-class Explorer(widgets.VBox):
-    """Controls (name -> value widget) above an Output holding the figure ``draw(**values)``.
-
-    ``figure`` is the last figure drawn; :meth:`save` exports it with provenance. A bad control
-    value (a typed zsvss error, e.g. K above the number of tokens) shows its message in place
-    of the figure instead of raising inside the widget callback.
-    """
-
-    def __init__(
-        self, controls: Mapping[str, widgets.ValueWidget], draw: Callable[..., Figure]
-    ) -> None:
-        output = widgets.Output()
-        row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
-        super().__init__([row, output])
-        self.controls = dict(controls)
-        self.output = output
-        self.figure: Figure | None = None
-        self._draw = draw
-        self._png: bytes | None = None
-        self.refresh()
-        for control in self.controls.values():
-            control.observe(self._changed, names="value")
-
-    @property
-    def values(self) -> dict[str, Any]:
-        """The current value of every control."""
-        return {name: c.value for name, c in self.controls.items()}
-
-    def refresh(self) -> Figure:
-        """Draw the figure for the current values and show it (errors propagate)."""
-        fig = self._draw(**self.values)
-        self.figure, self._png = fig, _png(fig)
-        data = {"image/png": base64.b64encode(self._png).decode("ascii"), "text/plain": repr(fig)}
-        self.output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
-        return fig
-
-    def _changed(self, _change: Any) -> None:
-        try:
-            self.refresh()
-        except ZsvssError as err:
-            self.output.outputs = ({"output_type": "stream", "name": "stderr", "text": str(err)},)
-
-    def save(
-        self,
-        path_stem: str | Path,
-        config: Any = None,
-        model: Any = None,
-        formats: Sequence[str] = ("pdf", "png"),
-    ) -> list[Path]:
-        """Export the figure shown now through :func:`zsvss_nb.viz.save_figure`."""
-        if self.figure is None:
-            raise InputError("the explorer has no figure to save")
-        return viz.save_figure(self.figure, path_stem, config=config, model=model, formats=formats)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        data = super()._repr_mimebundle_(**kwargs)
-        if self._png is not None:  # for renderers without widgets (static HTML, GitHub)
-            data["image/png"] = base64.b64encode(self._png).decode("ascii")
-        return data
-
-
-# -------------------------------------------------------------------------- controls
-
-
-def _slider(name: str, lo: int, hi: int, value: int) -> widgets.IntSlider:
-    return widgets.IntSlider(value=value, min=lo, max=hi, description=name, continuous_update=False)
-
-
-def _fslider(name: str, value: float) -> widgets.FloatSlider:
-    return widgets.FloatSlider(
-        value=value, min=0.0, max=1.0, step=0.05, description=name, continuous_update=False
-    )
-
-
-def _choice(name: str, options: Sequence[Any], value: Any) -> widgets.Dropdown:
-    opts = list(options)
-    if not opts:
-        raise ConfigError(f"{name}: no options to choose from")
-    return widgets.Dropdown(
-        options=opts, value=value if value in opts else opts[0], description=name
-    )
 
 
 def _cfg_value(cfg: SegmentConfig, name: str) -> Any:
@@ -158,27 +75,29 @@ def _frames_of(feats: FeatureResult | torch.Tensor, frames: Any) -> Any:
 
 
 def similarity_explorer(
-    feats: FeatureResult | torch.Tensor, frames: Any = None, ncols: int = 4
+    feats: FeatureResult | torch.Tensor,
+    frames: Any = None,
+    ncols: int = 4,
+    point: tuple[int, float, float] = (0, 0.5, 0.5),
 ) -> Explorer:
-    """Sliders frame, y, x (feature cells) -> cosine similarity of that token to all frames.
+    """Query frame and relative position (y, x in [0, 1]) -> cosine similarity of that token to
+    every token of every frame, drawn over the frames.
 
     ``feats``: a FeatureResult (its aggregated features and processed frames) or [B, h, w, C];
-    ``frames`` overrides the images the maps are drawn over.
+    ``frames`` overrides the images the maps are drawn over (e.g. the original frames).
     """
     f = _features_of(feats)
     images = _frames_of(feats, frames)
     b, h, w, _ = f.shape
 
-    def draw(frame: int, y: int, x: int) -> Figure:
+    def draw(frame: int, fy: float, fx: float) -> Figure:
+        y, x = viz.relative_cell((fy, fx), (h, w))
         sims = viz.cosine_similarity_map(f, frame, y, x)
-        return viz.show_similarity(sims, images, (frame, y, x), ncols=ncols)
+        fig = viz.show_similarity(sims, images, (frame, y, x), ncols=ncols)
+        fig.suptitle(f"similarity to frame {frame}, cell (y={y}, x={x}) of {h}x{w}")
+        return fig
 
-    controls = {
-        "frame": _slider("frame", 0, b - 1, 0),
-        "y": _slider("y", 0, h - 1, h // 2),
-        "x": _slider("x", 0, w - 1, w // 2),
-    }
-    return Explorer(controls, draw)
+    return Explorer(query_controls(b, point), draw)
 
 
 def feature_explorer(
@@ -196,11 +115,12 @@ def feature_explorer(
     ``dinov2_layer``, ``normalisation``) to the values offered; each combination is extracted
     once and cached. ``blocks`` adds a decoder-block dropdown (diffusion backbones) showing that
     block's q, normalised as ``cfg`` says, instead of the aggregated features. Sliders frame,
-    fy, fx pick the query (relative position, so it survives a change of grid).
+    y, x pick the query (relative position, so it survives a change of grid). ``name`` labels
+    the rows (default: :func:`zsvss_nb.notebook.model_label` of the backbone).
     """
     names = list(options)
     cache: dict[tuple[Any, ...], FeatureResult] = {}
-    label = name or str(getattr(backbone, "name", "features"))
+    label = name or (model_label(backbone) if hasattr(backbone, "identity") else "features")
 
     def result(values: tuple[Any, ...]) -> FeatureResult:
         if values not in cache:
@@ -229,12 +149,10 @@ def feature_explorer(
     controls: dict[str, widgets.ValueWidget] = {}
     if blocks:
         default = cfg.features.refine_block if cfg.features.refine_block in blocks else blocks[0]
-        controls["block"] = _choice("block", blocks, default)
+        controls["block"] = choice("block", blocks, default)
     for n in names:
-        controls[n] = _choice(n, options[n], _cfg_value(cfg, n))
-    controls["frame"] = _slider("frame", 0, batch - 1, 0)
-    controls["fy"] = _fslider("y (0-1)", 0.5)
-    controls["fx"] = _fslider("x (0-1)", 0.5)
+        controls[n] = choice(n, options[n], _cfg_value(cfg, n))
+    controls |= query_controls(batch, (0, 0.5, 0.5))
     return Explorer(controls, draw)
 
 
@@ -271,52 +189,48 @@ def dinov2_explorer(
     """ViT layer (``dinov2_layer``, -1 = last, after the final layernorm) and token
     normalisation -> PCA and similarity maps of the comparison backbone's features."""
     options = {"dinov2_layer": list(layers), "normalisation": list(normalisations)}
-    return feature_explorer(backbone, window, cfg, options, frames=frames, name="DINOv2")
+    return feature_explorer(backbone, window, cfg, options, frames=frames)
 
 
 def kmeans_explorer(
     feats: FeatureResult | torch.Tensor,
     frames: Any = None,
     ks: Sequence[int] = tuple(range(2, 13)),
-    k: int = 5,
-    scope: str = "frame1",
-    n_init: int = 2,
-    seed: int = 0,
+    k: int | None = None,
+    cfg: SegmentConfig | None = None,
 ) -> Explorer:
-    """K slider -> k-means clusters of frame 1 (``scope="frame1"``) or of the whole window.
+    """K slider -> frame 1's labels exactly as the pipeline's first window gives them.
 
-    The same torch k-means as the scene context model (METHOD 1.4), cached per K.
+    Runs :meth:`zsvss_nb.context.SceneContext.initialise` (METHOD 1.4) with ``cfg``'s context
+    settings and K from the slider: the same k-means scope (the window's tokens, or frame 1's),
+    restarts (``n_init``), tolerance and seed, ids renumbered by first appearance in frame 1.
+    The title says which clustering it is. One run per K, cached; the slider spans ``ks``.
     """
-    from .context import kmeans
+    from .context import SceneContext
 
-    if scope not in ("frame1", "window"):
-        raise ConfigError(f"scope={scope!r}: use 'frame1' or 'window'")
     f = _features_of(feats)
     images = _frames_of(feats, frames)
-    b, h, w, c = f.shape
-    tokens = f[:1] if scope == "frame1" else f
+    _, h, w, _ = f.shape
+    ctx = (cfg or SegmentConfig()).context
     cache: dict[int, torch.Tensor] = {}
 
     def draw(k: int) -> Figure:
         if k not in cache:
-            cache[k] = kmeans(tokens.reshape(-1, c), k, n_init=n_init, seed=seed)[1]
-        maps = cache[k].view(tokens.shape[0], h, w)
-        shown = None if images is None else images[: tokens.shape[0]]
-        titles = [f"K={k}, frame {i}" for i in range(tokens.shape[0])]
-        if tokens.shape[0] > 1:
-            return viz.show_label_maps(shown, maps, titles=titles)
-        fig = Figure(figsize=(6.0, 4.0), layout="constrained")  # one frame: show it large
-        return viz.show_label_maps(shown, maps, titles=titles, ax=fig.add_subplot())
+            cache[k] = SceneContext(ctx.replace(k=k)).initialise(f)
+        shown = None if images is None else images[0]
+        fig = Figure(figsize=(6.0, 6.0 * h / w + 1.2), layout="constrained")
+        viz.show_label_maps(
+            shown, [cache[k]], titles=[f"frame 1, {h}x{w} cells"], ax=fig.add_subplot()
+        )
+        scope = "all tokens of the window" if ctx.kmeans_scope == "window" else "frame 1's tokens"
+        fig.suptitle(
+            f"K = {k}: k-means on {scope} (n_init {ctx.n_init}, seed {ctx.seed}), as the pipeline"
+        )
+        return fig
 
-    ks = sorted(ks)
-    return Explorer(
-        {
-            "k": widgets.SelectionSlider(
-                options=ks, value=k if k in ks else ks[0], description="K", continuous_update=False
-            )
-        },
-        draw,
-    )
+    lo, hi = min(ks), max(ks)
+    value = ctx.k if k is None else k
+    return Explorer({"k": slider("K", lo, hi, min(max(value, lo), hi))}, draw)
 
 
 def lambda_explorer(
@@ -336,6 +250,7 @@ def lambda_explorer(
     ``feats`` must carry the injection caches (``extract(..., keep_cache=True)``); ``coarse``:
     the refined coarse labels [B, h, w]. ``precomputed`` (lambda -> UpsampleResult of this
     window, e.g. the run already shown) seeds the cache so that lambda is not run again.
+    Lambda is a dropdown of ``lams`` (each value is a modulation run).
     """
     from .upsample import modulate
 
@@ -346,17 +261,18 @@ def lambda_explorer(
         if lam not in cache:
             cache[lam] = modulate(backbone, feats, coarse, cfg.replace(lam=float(lam)))
         up = cache[lam]
-        fig = Figure(figsize=(10.0, 6.0), layout="constrained")
-        top, bottom = fig.subplots(2, 1, height_ratios=(1.0, 1.2))
+        image = images[frame]
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         ids = [int(i) for i in up.classes]
-        viz.show_difference_maps(up.diff[:, frame], ids, class_names, ncols=len(ids), ax=top)
+        ncols = min(len(ids), 5)
+        fig = Figure(figsize=(10.0, 7.0), layout="constrained")
+        top, bottom = fig.subplots(2, 1, height_ratios=(-(-len(ids) // ncols), 1.2))
+        viz.show_difference_maps(
+            up.diff[:, frame], ids, class_names, ncols=ncols, ax=top, size=size
+        )
         pair = [up.raw_labels[frame], up.labels[frame]]
         viz.show_label_maps(
-            images[frame],
-            pair,
-            titles=["raw argmax D", "filtered"],
-            class_names=class_names,
-            ax=bottom,
+            image, pair, titles=["raw argmax D", "filtered"], class_names=class_names, ax=bottom
         )
         fig.suptitle(f"lambda = {lam:g}, frame {frame}")
         return fig
@@ -364,10 +280,82 @@ def lambda_explorer(
     lams = sorted(float(v) for v in lams)
     default = cfg.upsample.lam if cfg.upsample.lam in lams else lams[0]
     controls = {
-        "lam": widgets.SelectionSlider(
-            options=lams, value=default, description="lambda", continuous_update=False
-        ),
-        "frame": _slider("frame", 0, int(coarse.shape[0]) - 1, frame),
+        "lam": choice("lambda", lams, default),
+        "frame": slider("frame", 0, int(coarse.shape[0]) - 1, frame),
+    }
+    return Explorer(controls, draw)
+
+
+def refine_explorer(
+    feats: FeatureResult,
+    coarse: torch.Tensor,
+    cfg: SegmentConfig,
+    frames: Any = None,
+    hops: Sequence[int] = range(0, 5),
+    query: tuple[float, float] = (0.5, 0.5),
+    max_tracks: int = 64,
+    shown: int = 4,
+) -> Explorer:
+    """Hop threshold (METHOD 1.6 step 2) and a query track -> surviving tracks and refined labels.
+
+    Top row: the surviving tracks (at most ``max_tracks``) on ``shown`` frames spread over the
+    window, with the query track (seeded at the frame-1 cell under the relative point y, x)
+    drawn white, dashed when the filter drops it. Bottom row: the labels refined with that
+    threshold. The title gives how many tracks survive and the flicker before and after.
+    One tracking and refinement per threshold, cached.
+    """
+    from .evaluate import flicker_rate
+    from .refine import refine, track
+
+    f = feats.refine_features
+    images = feats.images if frames is None else frames
+    b = int(f.shape[0])
+    h, w = feats.grid_hw
+    cache: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def draw(hop: int, fy: float, fx: float) -> Figure:
+        if hop not in cache:
+            rcfg = cfg.refine.replace(hop_threshold=int(hop))
+            cache[hop] = (track(f, rcfg), refine(coarse, f, rcfg))
+        tracks, refined = cache[hop]
+        y, x = viz.relative_cell((fy, fx), (h, w))
+        q = y * w + x
+        cols = viz.spread_indices(b, shown)
+        fig = Figure(figsize=(2.6 * len(cols), 2 * (2.6 * h / w + 0.4) + 1.0), layout="constrained")
+        top, bottom = fig.subplots(2, 1)
+        viz.plot_tracks(
+            images,
+            tracks.positions,
+            tracks.valid,
+            (h, w),
+            max_tracks,
+            ncols=len(cols),
+            ax=top,
+            highlight=q,
+            shown=cols,
+        )
+        viz.show_label_maps(
+            [images[t] for t in cols],
+            refined[cols],
+            titles=[f"refined, frame {t}" for t in cols],
+            ncols=len(cols),
+            ax=bottom,
+        )
+        kept = int(tracks.valid.sum())
+        fate = "kept" if bool(tracks.valid[q]) else "dropped"
+        fig.suptitle(
+            f"hop threshold {hop} cell(s): {kept} of {h * w} tracks survive; query track at cell "
+            f"(y={y}, x={x}) {fate}\nflicker {flicker_rate(coarse):.3f} (coarse) -> "
+            f"{flicker_rate(refined):.3f} (refined)"
+        )
+        return fig
+
+    hops = sorted(int(v) for v in hops)
+    value = min(max(cfg.refine.hop_threshold, hops[0]), hops[-1])
+    controls = {
+        "hop": slider("hop", hops[0], hops[-1], value),
+        "fy": fraction_slider("y (0-1)", float(query[0])),
+        "fx": fraction_slider("x (0-1)", float(query[1])),
     }
     return Explorer(controls, draw)
 
@@ -379,6 +367,7 @@ def context_explorer(
     modes: Sequence[str] = ("last", "bank"),
     first_frame_gt: Any = None,
     class_names: Mapping[int, str] | None = None,
+    colours: viz.colors.PaletteLike = None,
 ) -> Explorer:
     """Memory mode of the scene context (``last``: refit on the previous window, the paper;
     ``bank``: keep the most recent tokens of all windows) -> coarse and refined maps over time.
@@ -400,13 +389,14 @@ def context_explorer(
         res = cache[memory]
         rows = {"coarse (KNN)": [r.coarse for r in res], "refined": [r.refined for r in res]}
         fig = viz.show_label_rows(
-            torch.stack([r.frame for r in res]), rows, class_names=class_names
+            torch.stack([r.frame for r in res]),
+            rows,
+            class_names=class_names,
+            indices=[r.index for r in res],
+            colours=colours,
         )
         flick = ", ".join(f"{k} {flicker_rate(v):.3f}" for k, v in rows.items())
         fig.suptitle(f"memory={memory!r}, window={cfg.window}: flicker {flick}")
         return fig
 
-    return Explorer({"memory": _choice("memory", modes, cfg.context.memory)}, draw)
-
-
-# -------------------------------------------------------------------------- helpers
+    return Explorer({"memory": choice("memory", modes, cfg.context.memory)}, draw)

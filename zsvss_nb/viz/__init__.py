@@ -1,11 +1,13 @@
 """Palettes, overlays, feature images, plots and figure export with provenance.
 
-One namespace over four modules, each loaded on first use of one of its names:
+One namespace over six modules, each loaded on first use of one of its names:
 
-- :mod:`~zsvss_nb.viz.colors`: palette, colorize, overlay, overlay_panel (PIL and numpy, no
-  matplotlib: what the run-time writers use);
+- :mod:`~zsvss_nb.viz.colors`: palettes (VOC for label files, cluster colours, the datasets' own),
+  colorize, overlay, overlay_panel (PIL and numpy, no matplotlib: what the run-time writers use);
 - :mod:`~zsvss_nb.viz.features`: PCA colours, cosine and cross-frame similarity, their figures;
-- :mod:`~zsvss_nb.viz.plots`: the matplotlib plot helpers and notebook panels;
+- :mod:`~zsvss_nb.viz.plots`: the matplotlib plot helpers;
+- :mod:`~zsvss_nb.viz.panels`: notebook panels (label maps of any grid, rows over time, zooms);
+- :mod:`~zsvss_nb.viz.layout`: axes grids, legends below the panels, frame picks;
 - :mod:`~zsvss_nb.viz.export`: save_figure, read_figure_metadata, publication_style.
 
 ``import zsvss_nb.viz`` imports no matplotlib, and nothing here chooses or switches the
@@ -24,6 +26,10 @@ _LAZY = {
     "VOID_COLOUR": "colors",
     "ArrayLike": "colors",
     "palette": "colors",
+    "PALETTES": "colors",
+    "cluster_palette": "colors",
+    "dataset_palette": "colors",
+    "resolve_palette": "colors",
     "colorize": "colors",
     "overlay": "colors",
     "overlay_panel": "colors",
@@ -43,34 +49,47 @@ _LAZY = {
     "plot_per_class_iou": "plots",
     "qualitative_strip": "plots",
     "plot_tracks": "plots",
-    "resize_labels": "plots",
-    "show_label_maps": "plots",
-    "boundary_box": "plots",
-    "show_zoom": "plots",
-    "show_label_rows": "plots",
-    "show_images": "plots",
+    # panels
+    "resize_labels": "panels",
+    "show_label_maps": "panels",
+    "boundary_box": "panels",
+    "show_zoom": "panels",
+    "show_label_rows": "panels",
+    "show_images": "panels",
+    # layout
+    "spread_indices": "layout",
     # export
     "FIGURE_FORMATS": "export",
     "save_figure": "export",
     "read_figure_metadata": "export",
     "publication_style": "export",
+    "COLUMN_WIDTH": "export",
+    "PAGE_WIDTH": "export",
+    "figure_provenance": "export",
 }
-_SUBMODULES = ("colors", "features", "plots", "export")
+_SUBMODULES = ("colors", "features", "plots", "panels", "layout", "export")
 
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:
     from .colors import (  # noqa: F401
+        PALETTES,
         VOID_COLOUR,
         VOID_ID,
         ArrayLike,
+        cluster_palette,
         colorize,
+        dataset_palette,
         overlay,
         overlay_panel,
         palette,
+        resolve_palette,
     )
     from .export import (  # noqa: F401
+        COLUMN_WIDTH,
         FIGURE_FORMATS,
+        PAGE_WIDTH,
+        figure_provenance,
         publication_style,
         read_figure_metadata,
         save_figure,
@@ -84,20 +103,23 @@ if TYPE_CHECKING:
         show_feature_views,
         show_similarity_matrices,
     )
-    from .plots import (  # noqa: F401
+    from .layout import spread_indices  # noqa: F401
+    from .panels import (  # noqa: F401
         boundary_box,
-        plot_per_class_iou,
-        plot_tracks,
-        qualitative_strip,
         resize_labels,
-        show_difference_maps,
-        show_frames,
         show_images,
         show_label_maps,
         show_label_rows,
+        show_zoom,
+    )
+    from .plots import (  # noqa: F401
+        plot_per_class_iou,
+        plot_tracks,
+        qualitative_strip,
+        show_difference_maps,
+        show_frames,
         show_labels,
         show_similarity,
-        show_zoom,
     )
 
 

@@ -1,19 +1,26 @@
-"""Label colours and overlays: palette, colorize, overlay, overlay_panel and its legend strip.
+"""Label colours and overlays: palettes, colorize, overlay, overlay_panel and its legend strip.
 
 PIL, numpy and torch only (no matplotlib), so the run-time writers (``Segmenter.run``) can use
-them without loading a plotting library. Label colours use the PASCAL VOC bit-interleaving
-palette (the one DAVIS/VSPW palette PNGs use): id 0 is black, and id 255 (void / ignore) is
-white, a colour no other id has. :func:`labels_np`, :func:`frame_np` and :func:`frames_list` are
-the input checks every viz module shares.
+them without loading a plotting library. Three kinds of palette:
+
+- :func:`palette`: the PASCAL VOC bit-interleaving palette that DAVIS/VSPW palette PNGs use (id 0
+  black, id 255 void white); the label PNGs the writers produce carry it;
+- :func:`cluster_palette`: for cluster ids in figures; every id, 0 included, is a visible colour;
+- :func:`dataset_palette`: a dataset's own class colours (CamVid, Cityscapes, DAVIS, VSPW), for GT
+  class ids and predictions mapped to them.
+
+Figures take any of them through :func:`resolve_palette`. :func:`labels_np`, :func:`frame_np`
+and :func:`frames_list` are the input checks every viz module shares.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from ..errors import InputError, LabelError
 
@@ -43,6 +50,99 @@ def palette(n: int = 256) -> np.ndarray:
     out = out.astype(np.uint8)
     if n > VOID_ID:
         out[VOID_ID] = VOID_COLOUR
+    return out
+
+
+# matplotlib's "tab10" followed by the light half of "tab20": 20 qualitative colours, none black
+_CLUSTER_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)  # fmt: skip
+# SegNet's CamVid 11-class colours (data/README.md), void (11) black
+CAMVID11_COLOURS = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 0),
+)  # fmt: skip
+# Cityscapes' train-id colours (cityscapesscripts' labels.py), ignore (255) black
+CITYSCAPES_COLOURS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+_DATASET_COLOURS = {
+    "camvid": (CAMVID11_COLOURS, (0, 0, 0)),
+    "cityscapes": (CITYSCAPES_COLOURS, (0, 0, 0)),
+}
+PALETTES = ("voc", "clusters", "camvid", "cityscapes", "davis", "vspw")
+
+PaletteLike = str | np.ndarray | Sequence[Sequence[int]] | None
+
+
+def cluster_palette(n: int = 256) -> np.ndarray:
+    """Colours for cluster ids, uint8 ``[n, 3]``: 20 qualitative colours (id 0 is blue, never
+    black), then the VOC colours of ids 20..254, and white for the void id 255."""
+    out = palette(max(n, len(_CLUSTER_COLOURS))).copy()
+    out[: len(_CLUSTER_COLOURS)] = _CLUSTER_COLOURS
+    return out[:n]
+
+
+def _embedded_palette(dataset: Any) -> np.ndarray | None:
+    """The palette stored in the first label PNG of ``dataset`` (mode "P" masks), or None."""
+    for video in getattr(dataset, "videos", ()):
+        for path in getattr(video, "labels", {}).values():
+            try:
+                with Image.open(path) as img:
+                    pal = img.getpalette() if img.mode == "P" else None
+            except (OSError, UnidentifiedImageError):
+                return None
+            if not pal:
+                return None
+            flat = np.zeros(768, dtype=np.uint8)
+            flat[: len(pal)] = pal[:768]
+            return flat.reshape(256, 3)
+    return None
+
+
+def dataset_palette(dataset: Any) -> np.ndarray:
+    """A dataset's own class colours, uint8 ``[256, 3]``; ``dataset``: a format name or a
+    :class:`zsvss_nb.datasets.Dataset`.
+
+    CamVid (11 classes) and Cityscapes (train ids) use their published colour tables (void /
+    ignore black, as they draw it). DAVIS and VSPW store a palette in their mode "P" masks:
+    that palette is used when the dataset's first label file has one, else the VOC palette the
+    masks are drawn with (DAVIS 2016's 0/255 masks: background black, object red). Other
+    formats get :func:`cluster_palette`.
+    """
+    name = dataset if isinstance(dataset, str) else str(getattr(dataset, "name", ""))
+    if name in _DATASET_COLOURS:
+        table, void = _DATASET_COLOURS[name]
+        out = np.tile(np.asarray(void, np.uint8), (256, 1))
+        out[: len(table)] = table
+        return out
+    if name in ("davis", "vspw"):
+        embedded = None if isinstance(dataset, str) else _embedded_palette(dataset)
+        return palette(256) if embedded is None else embedded
+    return cluster_palette(256)
+
+
+def resolve_palette(colours: PaletteLike = None) -> np.ndarray:
+    """Any palette as uint8 ``[256, 3]``: None or "clusters" (:func:`cluster_palette`), "voc"
+    (:func:`palette`), a dataset name (:func:`dataset_palette`) or an ``[n, 3]`` array (ids
+    from n on get :func:`cluster_palette`'s colours)."""
+    if colours is None or (isinstance(colours, str) and colours == "clusters"):
+        return cluster_palette(256)
+    if isinstance(colours, str):
+        if colours not in PALETTES:
+            raise InputError(f"palette {colours!r}: choose from {PALETTES} or pass an [n, 3] array")
+        return palette(256) if colours == "voc" else dataset_palette(colours)
+    arr = np.asarray(colours)
+    if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= arr.shape[0] <= 256:
+        raise InputError(f"palette array must be [n, 3] with n in 1..256, got {arr.shape}")
+    out = cluster_palette(256)
+    out[: arr.shape[0]] = np.clip(arr, 0, 255).astype(np.uint8)
     return out
 
 
@@ -101,15 +201,20 @@ def colorize(labels: ArrayLike) -> Image.Image:
     return img
 
 
-def overlay(frame: ArrayLike, labels: ArrayLike, alpha: float = 0.5) -> np.ndarray:
-    """``(1 - alpha) * frame + alpha * colour(labels)``; uint8 ``[H, W, 3]``."""
+def overlay(
+    frame: ArrayLike, labels: ArrayLike, alpha: float = 0.5, colours: PaletteLike = "voc"
+) -> np.ndarray:
+    """``(1 - alpha) * frame + alpha * colour(labels)``; uint8 ``[H, W, 3]``.
+
+    ``colours``: any :func:`resolve_palette` input (default the VOC palette of the label PNGs).
+    """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha={alpha} must lie in [0, 1]")
     img = frame_np(frame)
     lab = labels_np(labels)
     if lab.shape != img.shape[:2]:
         raise LabelError(f"labels shape {lab.shape} differs from frame size {img.shape[:2]}")
-    colour = palette(256)[lab].astype(np.float32)
+    colour = resolve_palette(colours)[lab].astype(np.float32)
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * colour
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 

@@ -104,10 +104,15 @@ def show_feature_pca(
     ncols: int = 4,
     fit_on: Literal["all", "first"] = "all",
     ax: Axes | Sequence[Axes] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Figure:
-    """PCA-to-RGB images (:func:`feature_pca_rgb`, one joint fit) of ``feats [B, h, w, C]``."""
+    """PCA-to-RGB images (:func:`feature_pca_rgb`, one joint fit) of ``feats [B, h, w, C]``.
+
+    ``size = (H, W)``: draw each image over the original frame's extent, so it has the frame's
+    aspect ratio even when the processed grid does not (the paper's multiple-of-64 resize).
+    """
     rgb = feature_pca_rgb(feats, fit_on=fit_on).detach().float().cpu().numpy()  # [B, h, w, 3]
-    return show_frames(rgb, titles=titles, ncols=ncols, ax=ax)
+    return show_frames(rgb, titles=titles, ncols=ncols, ax=ax, size=size)
 
 
 def show_feature_views(
@@ -120,7 +125,8 @@ def show_feature_views(
 
     ``features`` maps a name to ``[B, h, w, C]`` (grids may differ between models);
     ``point = (frame, fy, fx)`` is relative (see :func:`relative_cell`), so every model is
-    queried at the same place of the same frame.
+    queried at the same place of the same frame. Every panel is drawn at the frames' aspect
+    ratio; each similarity row has its own data-driven colour range.
     """
     if not features:
         raise InputError("features holds no model")
@@ -135,7 +141,7 @@ def show_feature_views(
     frame = point[0] % b
     for m, (name, f) in enumerate(features.items()):
         y, x = relative_cell(point[1:], (f.shape[1], f.shape[2]))
-        show_feature_pca(f, ncols=b, ax=axes[2 * m])
+        show_feature_pca(f, ncols=b, ax=axes[2 * m], size=imgs[0].shape[:2])
         sims = cosine_similarity_map(f, frame, y, x)
         show_similarity(sims, imgs, (frame, y, x), ncols=b, alpha=alpha, ax=axes[2 * m + 1])
         axes[2 * m, 0].set_ylabel(f"{name}\nPCA")

@@ -1,0 +1,263 @@
+"""The notebooks' explorers in a real browser: JupyterLab, headless Chromium, Playwright.
+
+A JupyterLab server starts on a free local port (with a token) over a copy of the notebooks;
+Chromium opens a notebook, runs all cells, then changes explorer controls the way a user does
+(typing a number into a slider's readout, picking a dropdown entry) and checks that the
+explorer's image changes, that no cell shows an error, that no explorer reports one, that the
+static copies stay hidden under the live widgets, and that the browser console logs no error.
+
+Chromium is Debian's package (``apt-get install chromium``; ``.ci/run`` installs it), driven by
+Playwright from PyPI through ``executable_path`` (Playwright's own browser download is not
+used). Without a Chromium executable the test is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("ZSVSS_CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+RUN_TIMEOUT_MS = 900_000  # one notebook's "Run All Cells" (tiny model, FAST)
+REDRAW_TIMEOUT_MS = 120_000  # one control change: at most one feature pass or modulation run
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium executable (apt-get install chromium, or set ZSVSS_CHROMIUM): "
+    "the real-browser test of the explorers did not run",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server over a copy of notebooks/ (data/ linked); yields a notebook URL
+    template and the copy's folder."""
+    pytest.importorskip("jupyterlab")
+    work = tmp_path_factory.mktemp("lab")
+    (work / "notebooks").mkdir()
+    for nb in ROOT.glob("notebooks/0*.ipynb"):
+        shutil.copy(nb, work / "notebooks")
+    (work / "data").symlink_to(ROOT / "data")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k not in ("ZSVSS_MODEL", "CI")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env["JUPYTER_CONFIG_DIR"] = str(work / "config")
+    env["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
+    log = open(work / "lab.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2
+                )
+                break
+            except OSError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"JupyterLab did not start: {(work / 'lab.log').read_text()[-2000:]}")
+        assert server.poll() is None, (work / "lab.log").read_text()[-2000:]
+        url = f"http://127.0.0.1:{port}/lab/tree/notebooks/{{name}}?reset&token={token}"
+        yield url, work / "notebooks"
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+class Notebook:
+    """One notebook open in JupyterLab, its console errors collected."""
+
+    def __init__(self, browser, url: str) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.console: list[str] = []
+        self.page.on(
+            "console", lambda m: self.console.append(m.text) if m.type == "error" else None
+        )
+        self.page.on("pageerror", lambda e: self.console.append(f"page error: {e}"))
+        self.page.goto(url)
+        self.page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
+        self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator", timeout=120_000)
+
+    def run_all(self) -> None:
+        """Run > Run All Cells once the kernel is up, then wait until every code cell has an
+        execution count or one shows an error (Run All stops there; check_clean reports it)."""
+        self.page.wait_for_function(  # a kernel is attached and idle, so Run All needs no dialog
+            """() => {
+                const name = document.querySelector('.jp-Toolbar-kernelName')?.textContent ?? '';
+                const busy = document.querySelector('.jp-Notebook-ExecutionIndicator')
+                    ?.getAttribute('data-status');
+                const bar = document.querySelector('#jp-main-statusbar')?.textContent ?? '';
+                return name.trim() !== '' && !/No Kernel/.test(name + bar) && busy === 'idle'
+                    && /\\| Idle/.test(bar);
+            }""",
+            timeout=120_000,
+            polling=250,
+        )
+        self.page.get_by_role("menuitem", name="Run", exact=True).click()
+        self.page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        self.page.wait_for_function(
+            """() => {
+                if (document.querySelector("[data-mime-type='application/vnd.jupyter.error']"))
+                    return true;
+                const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                    .map(e => e.textContent.trim());
+                return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t));
+            }""",
+            timeout=RUN_TIMEOUT_MS,
+            polling=1000,
+        )
+
+    def explorer(self, index: int):
+        return self.page.locator(".zsvss-explorer").nth(index)
+
+    def image(self, explorer) -> str:
+        return explorer.locator(".widget-output img").first.get_attribute("src") or ""
+
+    def change(self, explorer, label: str, value: str) -> None:
+        """Set one control (by its label) as a user does, and wait for a new image."""
+        before = self.image(explorer)
+        control = explorer.locator(".widget-inline-hbox").filter(
+            has=self.page.locator(".widget-label", has_text=label)
+        )
+        assert control.count() >= 1, f"no control {label!r}"
+        control = control.first
+        select = control.locator("select")
+        if select.count():
+            select.select_option(label=value)
+        else:  # a slider: type the number into its editable readout
+            readout = control.locator(".widget-readout")
+            readout.click()
+            self.page.keyboard.press("Control+A")
+            self.page.keyboard.type(value)
+            self.page.keyboard.press("Enter")
+        self.page.wait_for_function(  # the Output widget puts a new <img> in place of the old
+            "([box, old]) => { const img = box.querySelector('.widget-output img');"
+            " return img !== null && img.getAttribute('src') !== old; }",
+            arg=[explorer.element_handle(), before],
+            timeout=REDRAW_TIMEOUT_MS,
+            polling=250,
+        )
+        stderr = explorer.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+        assert stderr.count() == 0, f"{label}={value}: {stderr.first.inner_text()}"
+
+    def check_clean(self) -> None:
+        errors = self.page.locator("[data-mime-type='application/vnd.jupyter.error']")
+        assert errors.count() == 0, errors.first.inner_text()[:2000]
+        static = self.page.locator(".zsvss-static")
+        assert static.count() == self.page.locator(".zsvss-explorer").count()
+        assert not any(static.nth(i).is_visible() for i in range(static.count()))
+        assert not self.console, self.console
+
+
+def test_notebook_01_explorers_redraw_in_a_real_browser(lab, browser) -> None:
+    url, _ = lab
+    nb = Notebook(browser, url.format(name="01_feature_probing.ipynb"))
+    nb.run_all()
+    nb.check_clean()
+    similarity, blocks, kmeans = nb.explorer(0), nb.explorer(1), nb.explorer(2)
+    for label, value in (("frame", "2"), ("y (0-1)", "0.2"), ("x (0-1)", "0.8")):
+        nb.change(similarity, label, value)
+    for label, value in (
+        ("block", "4"),
+        ("start_step", "20"),
+        ("frame", "1"),
+        ("y (0-1)", "0.3"),
+        ("x (0-1)", "0.7"),
+    ):
+        nb.change(blocks, label, value)
+    nb.change(kmeans, "K", "7")  # a typed K, which the old SelectionSlider ignored
+    nb.check_clean()
+    nb.page.close()
+
+
+def _through(folder: Path, name: str, marker: str) -> str:
+    """A copy of notebook ``name`` cut after the first code cell containing ``marker`` (the
+    explorer under test), so the browser runs only what that explorer needs."""
+    import nbformat
+
+    nb = nbformat.read(folder / name, as_version=4)
+    end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and marker in c.source)
+    nb.cells = nb.cells[: end + 1]
+    short = f"{Path(name).stem}_through_explorer.ipynb"
+    nbformat.write(nb, folder / short)
+    return short
+
+
+@pytest.mark.parametrize(
+    "name,marker,explorer,label,value",
+    [
+        ("02_context_modelling.ipynb", "context_explorer(", 1, "memory", "bank"),
+        ("03_refinement.ipynb", "refine_explorer(", 0, "hop", "3"),
+        ("04_upsampling.ipynb", "lambda_explorer(", 0, "lambda", "10.0"),
+    ],
+)
+def test_explorers_of_notebooks_02_to_04_redraw(
+    lab, browser, name, marker, explorer, label, value
+) -> None:
+    url, folder = lab
+    nb = Notebook(browser, url.format(name=_through(folder, name, marker)))
+    nb.run_all()
+    nb.check_clean()
+    nb.change(nb.explorer(explorer), label, value)
+    nb.check_clean()
+    nb.page.close()
