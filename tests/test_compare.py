@@ -24,7 +24,7 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.base import AttentionMaps, Backbone, FeatureResult
 from zsvss_nb.cli import main
-from zsvss_nb.compare import compare, limit_frames, plan, run_folder
+from zsvss_nb.compare import compare, limit_frames, plan, run_folder, select_videos
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.metrics import EvalResult
@@ -115,6 +115,15 @@ def test_limit_frames_cuts_frames_and_labels(dataset):
     assert len(dataset.videos[0].frames) == 10  # the original is untouched
     with pytest.raises(ConfigError):
         limit_frames(dataset, 0)
+
+
+def test_select_videos_keeps_the_named_videos_in_order(dataset):
+    names = [v.name for v in dataset.videos]
+    assert [v.name for v in select_videos(dataset, names[::-1]).videos] == names
+    assert [v.name for v in select_videos(dataset, names[1:]).videos] == names[1:]
+    assert select_videos(dataset, None) is dataset
+    with pytest.raises(ConfigError, match="not in the dataset"):
+        select_videos(dataset, ["nope"])
 
 
 # ------------------------------------------------------------------ end to end
@@ -279,6 +288,7 @@ def test_zsvss_compare_smoke_run_on_the_sample_clips(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["-q", "compare", "camvid", str(DATA / "camvid"), "--model", "tiny", "--out"]
     argv += [str(out), "--max-frames", "3", "--max-side", "64", "--window", "2", "--k", "3"]
+    argv += ["--videos", "0016E5_15Hz"]
     argv += ["--set", "n_init=2", "--vc", "2", "--protocol", "first-frame", "--protocol"]
     assert main([*argv, "majority"]) == 0
     text = capsys.readouterr().out

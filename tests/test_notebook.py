@@ -124,3 +124,15 @@ def test_frame_size_of_videos_datasets_and_batches() -> None:
     video = open_video(np.zeros((2, 24, 40, 3), np.uint8))
     run = notebook.check_model("dinov2-s", fast=True)
     assert run.config(video).features.max_side == run.config((24, 40)).features.max_side
+
+
+def test_a_datasets_ignore_id_goes_into_the_config_as_run() -> None:
+    from zsvss_nb.datasets import open_dataset
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    run = notebook.check_model("tiny", fast=True)
+    camvid = open_dataset("camvid", data / "camvid")
+    assert camvid.ignore_index == 11
+    assert run.config(camvid).context.ignore_index == 11
+    assert run.config(camvid, ignore_index=3).context.ignore_index == 3  # changes come last
+    assert run.config((360, 480)).context.ignore_index == 255  # no dataset: the default

@@ -1,9 +1,9 @@
 """Every notebook runs top to bottom with the real DINOv2 backbone and with a diffusers SD folder.
 
-The README test command runs the notebooks under nbval with the tiny model; here the same six
+The README test command runs the notebooks under nbval with the tiny model; here the same seven
 notebooks run in FAST mode (``CI=1``) with ``ZSVSS_MODEL=dinov2-s`` (no masked modulation: those
 sections must say they are skipped) and with a tiny model saved as a diffusers folder (standing
-in for Stable Diffusion weights). One kernel per model runs all six, its namespace reset before
+in for Stable Diffusion weights). One kernel per model runs all seven, its namespace reset before
 each notebook, so every notebook starts empty while the imports are paid once.
 """
 
@@ -60,10 +60,11 @@ def run_all(model: str, tmp_path: Path) -> dict[str, str]:
 class TestDinov2:
     def test_every_notebook_runs_and_skips_only_the_diffusion_sections(self, tmp_path) -> None:
         printed = run_all("dinov2-s", tmp_path)
-        assert len(printed) == 6
+        assert len(printed) == 7
         assert printed["01_feature_probing.ipynb"].count("Skipped:") == 4  # blocks, SVD x3
         assert printed["04_upsampling.ipynb"].count("Skipped:") == 3
-        for name in ("00_quickstart.ipynb", "02_context_modelling.ipynb", "03_refinement.ipynb"):
+        for name in ("00_quickstart.ipynb", "02_context_modelling.ipynb", "03_refinement.ipynb",
+                     "06_comparison.ipynb"):  # fmt: skip
             assert "Skipped:" not in printed[name]
 
 
@@ -73,5 +74,5 @@ class TestSdFolder:
 
         folder = save_folder(tiny, tmp_path / "sd-folder")
         printed = run_all(str(folder), tmp_path)
-        assert len(printed) == 6
+        assert len(printed) == 7
         assert not any("Skipped:" in text for text in printed.values())

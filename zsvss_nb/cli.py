@@ -249,6 +249,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         shard=_parse_shard(args.shard),
         resume=args.resume,
         max_frames=args.max_frames,
+        videos=[v.strip() for v in args.videos.split(",") if v.strip()] if args.videos else None,
         vc_ns=args.vc or (8, 16),
         progress=not args.quiet,
     )
@@ -396,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default=None, help="split name (e.g. val)")
     p.add_argument("--max-frames", type=int, default=None, help="first N frames of each video")
+    p.add_argument("--videos", default=None, help="comma-separated video names (default: all)")
     p.add_argument(
         "--vc", type=int, action="append", help="mVC clip length, repeatable (default: 8, 16)"
     )

@@ -48,6 +48,16 @@ DEFAULT_PROTOCOLS = ("first-frame", "hungarian", "majority")
 Runner = Callable[..., Any]
 
 
+def select_videos(dataset: Dataset, names: Sequence[str] | None) -> Dataset:
+    """``dataset`` with only the videos ``names`` (in the dataset's order; None: all)."""
+    if names is None:
+        return dataset
+    unknown = sorted(set(names) - {v.name for v in dataset.videos})
+    if unknown:
+        raise ConfigError(f"videos {unknown}: not in the dataset ({len(dataset.videos)} videos)")
+    return dataclasses.replace(dataset, videos=[v for v in dataset.videos if v.name in names])
+
+
 def limit_frames(dataset: Dataset, max_frames: int | None) -> Dataset:
     """``dataset`` with every video cut to its first ``max_frames`` frames (and their labels)."""
     if max_frames is None:
@@ -139,6 +149,7 @@ def compare(
     shard: tuple[int, int] | None = None,
     resume: bool = False,
     max_frames: int | None = None,
+    videos: Sequence[str] | None = None,
     vc_ns: Sequence[int] = (8, 16),
     progress: bool = True,
     runner: Runner | None = None,
@@ -150,7 +161,8 @@ def compare(
     every method the backbone can run; a named one it cannot run is a ConfigError before
     anything runs. ``shard``, ``resume``: as :func:`run_dataset`; while any run still misses
     videos (other shards), nothing is scored and :attr:`Comparison.incomplete` names those
-    runs. ``max_frames`` cuts every video (a quick run). ``runner``: a function with
+    runs. ``max_frames`` cuts every video and ``videos`` picks videos by name (a quick run).
+    ``runner``: a function with
     :func:`run_dataset`'s arguments (e.g. :func:`ray_runner`).
     """
     cfg = cfg or backbone.default_config()
@@ -166,7 +178,7 @@ def compare(
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
         raise ConfigError(f"protocols {list(protocols)}: choose from {', '.join(PROTOCOLS)}")
-    data = limit_frames(dataset, max_frames)
+    data = limit_frames(select_videos(dataset, videos), max_frames)
     rows, skipped = plan(names, protocols)
     root = Path(out)
     runs = list(dict.fromkeys((m, gt) for m, _, gt in rows))

@@ -240,7 +240,9 @@ class NotebookModel:
         """``backbone``'s own config (the notebook's model by default) sized for the workload.
 
         ``frames`` (a Video, a Dataset, frames [B, 3, H, W] or (H, W)) lets the size keep the
-        frames' aspect ratio; ``changes`` are applied last (``cfg.replace``).
+        frames' aspect ratio, and a Dataset's ignore id replaces the config's (as the dataset
+        runner and ``compare`` do, so figures record the config as run); ``changes`` are
+        applied last (``cfg.replace``).
         """
         kind = type(backbone) if backbone is not None else self.backbone_type
         cfg = kind.default_config()
@@ -256,6 +258,8 @@ class NotebookModel:
             target = keep_aspect_side(height, width, target, kind.size_multiple)
         if target:
             cfg = cfg.replace(max_side=int(target))
+        if getattr(frames, "ignore_index", None) is not None:
+            cfg = cfg.replace(ignore_index=int(frames.ignore_index))
         return cfg.replace(**changes) if changes else cfg
 
 

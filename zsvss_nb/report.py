@@ -218,7 +218,8 @@ class Comparison:
             ax.set_xticks(range(len(methods)))
             ax.set_xticklabels(methods, rotation=30, ha="right")
             ax.set_ylim(0, 100)
-        axes[0].legend(frameon=False, fontsize="small")
+        axes[0].legend(frameon=False, fontsize="small", title="protocol")
+        fig.suptitle(self.caption(), fontsize="medium")
         return fig
 
     def scatter_figure(self, x: str | None = None, y: str = "miou") -> Figure:
@@ -249,6 +250,7 @@ class Comparison:
             for p, mk in markers.items()
         ]
         fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize="small")
+        fig.suptitle(self.caption(), fontsize="medium")
         return fig
 
     # -- files -----------------------------------------------------------------------------
