@@ -666,3 +666,12 @@ def test_viz_import_and_figures_leave_the_backend_alone(tmp_path) -> None:
         assert dict.__getitem__(matplotlib.rcParams, "backend") is before
         """
     )
+
+
+def test_legend_names_come_from_a_mapping_or_a_list_by_id() -> None:
+    from zsvss_nb.viz.colors import VOID_ID, label_text
+
+    assert label_text(2, ["sky", "road", "car"]) == "2 car"
+    assert label_text(2, {2: "car"}) == "2 car"
+    assert label_text(7, ["sky"]) == "7"  # no name: the id alone
+    assert label_text(VOID_ID, None) == f"{VOID_ID} void"

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from ..errors import InputError, LabelError
 
 VOID_ID = 255
+ClassNames = Mapping[int, str] | Sequence[str] | None  # id -> name, or names listed by id
 VOID_COLOUR = (255, 255, 255)
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -226,16 +227,26 @@ def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def label_text(i: int, class_names: ClassNames) -> str:
+    """ "id name" for legends; ``class_names`` maps ids to names or lists them by id."""
+    if class_names is None:
+        names: Mapping[int, str] = {}
+    elif isinstance(class_names, Mapping):
+        names = class_names
+    else:
+        names = dict(enumerate(class_names))
+    return f"{i} {names.get(i, 'void' if i == VOID_ID else '')}".strip()
+
+
 def _legend_strip(
-    ids: Sequence[int], class_names: Mapping[int, str] | None, width: int, height_hint: int
+    ids: Sequence[int], class_names: ClassNames, width: int, height_hint: int
 ) -> np.ndarray:
     """Colour swatches with "id name" text, wrapped into rows of ``width`` pixels."""
     font = _load_font(max(10, height_hint // 30))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = max(12, int(probe.textbbox((0, 0), "Ag0", font=font)[3]) + 4)
     sw, pad = line_h - 4, 6
-    names = class_names or {}
-    texts = [f"{i} {names.get(i, 'void' if i == VOID_ID else '')}".strip() for i in ids]
+    texts = [label_text(i, class_names) for i in ids]
     widths = [sw + 4 + int(probe.textlength(t, font=font)) + 2 * pad for t in texts]
     positions, x, row = [], pad, 0
     for w in widths:
@@ -256,7 +267,7 @@ def _legend_strip(
 def overlay_panel(
     frame: ArrayLike,
     labels: ArrayLike,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     legend: bool = True,
     alpha: float = 0.5,
 ) -> np.ndarray:

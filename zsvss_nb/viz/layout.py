@@ -7,7 +7,7 @@ one column, and never changes the size of one row or column of panels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..errors import InputError
-from .colors import VOID_ID
+from .colors import ClassNames, label_text
 
 MAX_COLUMNS = 8  # panels per row of a time strip: wider figures are unreadable in a paper
 LEGEND_COLUMNS = 6  # legend entries per line below a figure
@@ -92,7 +92,7 @@ def class_legend(
     fig: Figure,
     ids: Sequence[int],
     colours: np.ndarray,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     title: str | None = None,
 ) -> None:
     """One legend of label colours below all panels of ``fig`` ("id name" per entry).
@@ -101,13 +101,12 @@ def class_legend(
     legend gets its own space below the grid, and the figure grows by the legend's height, so
     the panels keep their size.
     """
-    names = class_names or {}
     handles = [
         Patch(
             facecolor=colours[i] / 255.0,
             edgecolor="k",
             linewidth=0.5,
-            label=f"{i} {names.get(i, 'void' if i == VOID_ID else '')}".strip(),
+            label=label_text(i, class_names),
         )
         for i in ids
     ]

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..errors import InputError, LabelError
 from .colors import (
     ArrayLike,
+    ClassNames,
     PaletteLike,
     frame_np,
     frames_list,
@@ -61,7 +62,7 @@ def show_label_maps(
     titles: Sequence[str] | None = None,
     alpha: float = 0.5,
     ncols: int = 4,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     legend: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
     colours: PaletteLike = None,
@@ -126,7 +127,7 @@ def show_zoom(
     alpha: float = 0.5,
     ax: Axes | Sequence[Axes] | None = None,
     colours: PaletteLike = None,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     legend: bool = True,
 ) -> Figure:
     """The frame with ``box = (y0, x0, y1, x1)`` marked, then each labelling cropped to the box.
@@ -161,7 +162,7 @@ def show_label_rows(
     frames: ArrayLike | Sequence[ArrayLike] | None,
     rows: Mapping[str, ArrayLike | Sequence[ArrayLike]],
     alpha: float = 0.5,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     *,
     indices: Sequence[int] | None = None,
     max_cols: int = MAX_COLUMNS,

@@ -24,7 +24,15 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ..errors import InputError
-from .colors import ArrayLike, PaletteLike, frames_list, labels_np, overlay, resolve_palette
+from .colors import (
+    ArrayLike,
+    ClassNames,
+    PaletteLike,
+    frames_list,
+    labels_np,
+    overlay,
+    resolve_palette,
+)
 from .layout import (
     MAX_COLUMNS,
     class_legend,
@@ -72,7 +80,7 @@ def show_labels(
     labels: ArrayLike,
     frame: ArrayLike | None = None,
     alpha: float = 0.5,
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     legend: bool = True,
     ax: Axes | None = None,
     colours: PaletteLike = None,
@@ -149,7 +157,7 @@ def show_similarity(
 def show_difference_maps(
     maps: torch.Tensor | np.ndarray,
     class_ids: Sequence[int],
-    class_names: Mapping[int, str] | None = None,
+    class_names: ClassNames = None,
     ncols: int = 4,
     ax: Axes | Sequence[Axes] | None = None,
     size: tuple[int, int] | None = None,
