@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones.base import Backbone
+from .backbones.base import Backbone, FeatureResult
 from .config import SegmentConfig
 from .context import SceneContext
 from .datasets import load_gt
@@ -244,13 +244,18 @@ class Segmenter:
         finally:
             bar.close()
 
+    def window_features(self, window: Window, stats: RunStats) -> FeatureResult:
+        """Stage 1 on one window, its seconds and UNet evaluations added to ``stats``."""
+        feats = extract(self.backbone, window, self.cfg)
+        stats.add(feats.seconds)
+        stats.unet_evals += feats.unet_evals
+        return feats
+
     def _window(self, window, context, gt, return_debug, stats) -> list[FrameResult]:
         cfg = self.cfg
         stats.windows += 1
         stats.frames_processed += len(window.indices)
-        feats = extract(self.backbone, window, cfg)  # 1. features
-        stats.add(feats.seconds)
-        stats.unet_evals += feats.unet_evals
+        feats = self.window_features(window, stats)  # 1. features
         tic = time.perf_counter()
         if not context.initialised:  # 2a. scene context (k-means on the first window)
             grid_gt = None

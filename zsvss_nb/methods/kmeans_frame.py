@@ -18,7 +18,6 @@ import torch
 
 from ..config import SegmentConfig
 from ..context import per_frame_kmeans
-from ..features import extract
 from ..pipeline import RunStats
 from ..upsample import upsample
 from ..video import Window
@@ -31,9 +30,7 @@ class PerFrameKMeans(FrameSegmenter):
     def window_labels(
         self, window: Window, gt: torch.Tensor | None, stats: RunStats
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = extract(self.backbone, window, self.cfg)
-        stats.add(feats.seconds)
-        stats.unet_evals += feats.unet_evals
+        feats = self.window_features(window, stats)
         tic = time.perf_counter()
         coarse = per_frame_kmeans(feats.features, self.cfg.context)
         timed(stats, "context", tic)

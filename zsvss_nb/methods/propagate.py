@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ..config import PropagateConfig
 from ..errors import ConfigError, LabelError
-from ..features import extract
 from ..frames import to_grid
 from ..ops import restore_argmax
 from ..pipeline import RunStats
@@ -121,9 +120,7 @@ class LabelPropagation(FrameSegmenter):
     def window_labels(
         self, window: Window, gt: torch.Tensor | None, stats: RunStats
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = extract(self.backbone, window, self.cfg)
-        stats.add(feats.seconds)
-        stats.unet_evals += feats.unet_evals
+        feats = self.window_features(window, stats)
         tic = time.perf_counter()
         b, h, w, c = feats.features.shape
         tokens = F.normalize(feats.features.float(), dim=-1).reshape(b, h * w, c)
