@@ -97,6 +97,9 @@ def test_killed_run_leaves_whole_files_and_resume_matches(sig, dataset, referenc
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell without job control (e.g. `nohup .ci/run &`) starts its background jobs with
+        # SIGINT ignored, which Python and so the child would inherit: give it the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300
