@@ -221,6 +221,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated option (``--methods a,b``) as names; None when not given."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
     from .compare import compare
@@ -235,7 +240,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         ignore_index=args.ignore_index,
     )
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = _names(args.methods)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device or local_device())
     backbone.release_text_encoder((cfg.features.prompt,))
     protocols = args.protocol or ("first-frame", "hungarian", "majority")
@@ -249,7 +254,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         shard=_parse_shard(args.shard),
         resume=args.resume,
         max_frames=args.max_frames,
-        videos=[v.strip() for v in args.videos.split(",") if v.strip()] if args.videos else None,
+        videos=_names(args.videos),
         vc_ns=args.vc or (8, 16),
         progress=not args.quiet,
     )

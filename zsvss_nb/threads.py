@@ -92,10 +92,15 @@ def usable_cores() -> int:
     return max(1, count)
 
 
+def _marked(env: MutableMapping[str, str]) -> set[str]:
+    """The variables zsvss set itself, as recorded in ``MARKER_VAR``."""
+    return set(filter(None, env.get(MARKER_VAR, "").split(",")))
+
+
 def current_policy(environ: MutableMapping[str, str] | None = None) -> ThreadPolicy:
     """The policy ``environ`` (default: ``os.environ``) holds, with who set each variable."""
     env = os.environ if environ is None else environ
-    ours = set(filter(None, env.get(MARKER_VAR, "").split(",")))
+    ours = _marked(env)
 
     def by(var: str) -> str:
         if var not in env:
@@ -121,7 +126,7 @@ def apply_thread_policy(
     Returns the policy in effect."""
     env = os.environ if environ is None else environ
     if force or "torch" not in sys.modules:
-        ours = set(filter(None, env.get(MARKER_VAR, "").split(",")))
+        ours = _marked(env)
         if WAIT_VAR not in env:
             env[WAIT_VAR] = "PASSIVE"
             ours.add(WAIT_VAR)
