@@ -72,3 +72,10 @@ def test_segmenter_takes_the_backbones_config(tiny, tiny_svd):
 
     assert Segmenter(tiny_svd).cfg == SegmentConfig.paper_svd()
     assert Segmenter(tiny).cfg == SegmentConfig.paper_sd()
+
+
+def test_comma_separated_options_are_parsed_once_for_every_command() -> None:
+    from zsvss_nb.fieldtypes import parse_names
+
+    assert parse_names(" diffseg, ,zsvss,") == ["diffseg", "zsvss"]
+    assert parse_names(None) is None and parse_names("") is None

@@ -9,7 +9,6 @@ safe pixel-format conversions are checked to give the same labels as the equival
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CHILD_ENV, moving_box_frames
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,17 +33,6 @@ from zsvss_nb.video import geometry_for, open_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128  # max_side 128 -> processed 64x128, a 4x8 feature grid
-
-
-def rgb_frames(n: int, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
-    """[n, h, w, 3] uint8: a gradient with a box moving 6 px a frame, plus a little noise."""
-    rng = np.random.default_rng(seed)
-    video = np.empty((n, h, w, 3), np.uint8)
-    video[...] = np.linspace(30, 200, w, dtype=np.uint8)[None, None, :, None]
-    for t in range(n):
-        video[t, h // 4 : h // 4 + h // 3, 8 + 6 * t : 8 + 6 * t + w // 3] = (230, 40, 30)
-    noisy = video.astype(np.int16) + rng.integers(-6, 7, video.shape)
-    return noisy.clip(0, 255).astype(np.uint8)
 
 
 def frame_folder(folder: Path, frames: np.ndarray | list[Image.Image]) -> Path:
@@ -87,7 +76,7 @@ def _no_images(tmp: Path) -> Bad:
 
 
 def _truncated_mp4(tmp: Path) -> Bad:
-    good = write_video(tmp / "good.mp4", rgb_frames(10), fps=10)
+    good = write_video(tmp / "good.mp4", moving_box_frames(10), fps=10)
     data = good.read_bytes()
     bad = tmp / "truncated.mp4"
     bad.write_bytes(data[: int(len(data) * 0.6)])
@@ -105,20 +94,20 @@ def _text_as_mp4(tmp: Path) -> Bad:
 
 
 def _truncated_png(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(3))
+    folder = frame_folder(tmp / "frames", moving_box_frames(3))
     data = (folder / "001.png").read_bytes()
     (folder / "001.png").write_bytes(data[: len(data) // 2])  # header intact, pixels cut
     return Bad(folder, str(folder / "001.png"))
 
 
 def _mixed_sizes(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(3))
-    Image.fromarray(rgb_frames(1, h=H - 16)[0]).save(folder / "003.png")
+    folder = frame_folder(tmp / "frames", moving_box_frames(3))
+    Image.fromarray(moving_box_frames(1, h=H - 16)[0]).save(folder / "003.png")
     return Bad(folder, str(folder / "003.png"))
 
 
 def _transparent_rgba(tmp: Path) -> Bad:
-    frames = rgb_frames(2)
+    frames = moving_box_frames(2)
     alpha = np.full((H, W, 1), 255, np.uint8)
     alpha[10:20, 10:20] = 0  # a transparent hole: the colour under it is undefined
     folder = frame_folder(
@@ -143,23 +132,23 @@ def _float_image(tmp: Path) -> Bad:
 
 
 def _too_small(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "small", rgb_frames(2, h=40, w=50))
+    folder = frame_folder(tmp / "small", moving_box_frames(2, h=40, w=50))
     return Bad(folder, str(folder))
 
 
 def _k_too_large(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     return Bad(folder, "k=1000", k=1000)  # 2 frames x 4x8 tokens
 
 
 def _gt_wrong_size(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     Image.fromarray(np.zeros((H, W + 2), np.uint8)).save(tmp / "gt.png")
     return Bad(folder, str(tmp / "gt.png"), gt=tmp / "gt.png")
 
 
 def _gt_id_too_large(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     ids = np.zeros((H, W), np.uint16)
     ids[: H // 2] = 300  # a 16-bit label PNG: 300 cannot be written as a uint8 label
     Image.fromarray(ids).save(tmp / "gt.png")
@@ -167,18 +156,18 @@ def _gt_id_too_large(tmp: Path) -> Bad:
 
 
 def _gt_colour(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
-    Image.fromarray(rgb_frames(1)[0]).save(tmp / "gt.png")
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
+    Image.fromarray(moving_box_frames(1)[0]).save(tmp / "gt.png")
     return Bad(folder, str(tmp / "gt.png"), gt=tmp / "gt.png")
 
 
 def _gt_missing(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     return Bad(folder, str(tmp / "gt.png"), gt=tmp / "gt.png")
 
 
 def _model_missing_component(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     model = save_folder(load_backbone("tiny", device="cpu"), tmp / "model")
     for f in (model / "vae").iterdir():
         f.unlink()
@@ -187,7 +176,7 @@ def _model_missing_component(tmp: Path) -> Bad:
 
 
 def _model_missing(tmp: Path) -> Bad:
-    folder = frame_folder(tmp / "frames", rgb_frames(2))
+    folder = frame_folder(tmp / "frames", moving_box_frames(2))
     return Bad(folder, str(tmp / "weights"), model=str(tmp / "weights"))
 
 
@@ -259,7 +248,7 @@ def test_bad_segment_input(build, error, tmp_path, tiny, capsys):
 
 def folder_dataset(root: Path, labels: dict[str, np.ndarray]) -> Path:
     """A ``folder`` dataset: root/clip/<t>.png frames and root/labels/clip/<t>.png GT."""
-    frame_folder(root / "clip", rgb_frames(len(labels), h=8, w=10))
+    frame_folder(root / "clip", moving_box_frames(len(labels), h=8, w=10))
     for stem, ids in labels.items():
         (root / "labels" / "clip").mkdir(parents=True, exist_ok=True)
         Image.fromarray(ids.astype(np.uint8)).save(root / "labels" / "clip" / f"{stem}.png")
@@ -358,7 +347,7 @@ def test_eval_ignore_id_and_lenient_ids(tmp_path):
 def test_cli_subprocesses(tmp_path):
     """The real entry point: exit code 2, one line (FFmpeg/decord's own stderr chatter is
     silenced too), no output; one of the three runs without -q."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
+    env = CHILD_ENV
     for sub in ("a", "b", "c"):
         (tmp_path / sub).mkdir()
     text = _text_as_mp4(tmp_path / "a")
@@ -398,11 +387,11 @@ def _label_pngs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "labels").glob("*.png"))}
 
 
-def test_safe_conversions_give_the_labels_of_the_rgb_frames(tiny, tmp_path):
+def test_safe_conversions_give_the_labels_of_the_moving_box_frames(tiny, tmp_path):
     """Grayscale (L), 16-bit grayscale (I;16, x * 257), palette (P) and opaque RGBA frames are
     converted exactly, so they segment like the same pixels given as 8-bit RGB."""
     cfg = SegmentConfig.fast().replace(max_side=128, k=3, window=3)
-    rgb = rgb_frames(2)
+    rgb = moving_box_frames(2)
     gray = rgb.mean(3).round().astype(np.uint8)
     inputs = {
         "L": ([Image.fromarray(g) for g in gray], np.repeat(gray[..., None], 3, 3)),
@@ -440,8 +429,8 @@ def test_safe_conversions_give_the_labels_of_the_rgb_frames(tiny, tmp_path):
 
 def test_one_frame_and_window_plus_one_frames_through_the_cli(tmp_path, capsys):
     """A one-frame folder and a B+1-frame mp4 (B = --window 3) both segment every frame."""
-    one = frame_folder(tmp_path / "one", rgb_frames(1))
-    four = write_video(tmp_path / "four.mp4", rgb_frames(4), fps=5)
+    one = frame_folder(tmp_path / "one", moving_box_frames(1))
+    four = write_video(tmp_path / "four.mp4", moving_box_frames(4), fps=5)
     for video, names in ((one, ["000"]), (four, ["00000", "00001", "00002", "00003"])):
         out = tmp_path / f"out_{video.stem}"
         args = cli_args(Bad(video, ""), out)
@@ -475,6 +464,6 @@ def test_refused_sizes_are_explained(h: int, w: int, policy: str) -> None:
 
 
 def test_small_frames_are_refused_naming_the_video(tiny):
-    frames = rgb_frames(1, h=63, w=300)
+    frames = moving_box_frames(1, h=63, w=300)
     with pytest.raises(E.FrameSizeError, match=r"<numpy array \[1, 63, 300, 3\] uint8>.*300x63"):
         next(Segmenter(tiny, SegmentConfig.fast()).segment(frames, progress=False))

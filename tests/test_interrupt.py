@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import signal_child, start_cli, wait_until
 from PIL import Image
 
 from zsvss_nb.cli import main
@@ -88,31 +86,11 @@ def reference(dataset, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_killed_run_leaves_whole_files_and_resume_matches(sig, dataset, reference, tmp_path):
     pred = tmp_path / "pred"
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "zsvss_nb.cli", "-q", "dataset", "folder", str(dataset)]
-    proc = subprocess.Popen(
-        [*cmd, "--out", str(pred), *MODEL],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a shell without job control (e.g. `nohup .ci/run &`) starts its background jobs with
-        # SIGINT ignored, which Python and so the child would inherit: give it the default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start_cli(["dataset", "folder", str(dataset), "--out", str(pred), *MODEL], tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and not list(pred.glob(".v1.*.tmp/*.png")):
-            assert time.monotonic() < deadline, "no PNG of the second video within 300 s"
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()}"
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        wait_until(proc, lambda: any(pred.glob(".v1.*.tmp/*.png")), "a PNG of the second video")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stderr = signal_child(proc, sig)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "zsvss: interrupted" and "Traceback" not in stderr
 

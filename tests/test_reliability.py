@@ -20,7 +20,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CHILD_ENV, moving_box_frames, signal_child, start_cli, wait_until
 from PIL import Image
 
 from zsvss_nb import outputs
@@ -42,10 +42,8 @@ from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.video import open_video
 from zsvss_nb.writers import temp_path, write_video
 
-ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128
 MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(autouse=True)
@@ -56,20 +54,9 @@ def _keep_sigterm_handler():
     signal.signal(signal.SIGTERM, before)
 
 
-def rgb_frames(n: int, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
-    """[n, h, w, 3] uint8: a gradient with a red box moving 6 px a frame, plus noise."""
-    rng = np.random.default_rng(seed)
-    video = np.empty((n, h, w, 3), np.uint8)
-    video[...] = np.linspace(30, 200, w, dtype=np.uint8)[None, None, :, None]
-    for t in range(n):
-        video[t, h // 4 : h // 4 + h // 3, 8 + 6 * t : 8 + 6 * t + w // 3] = (230, 40, 30)
-    noisy = video.astype(np.int16) + rng.integers(-6, 7, video.shape)
-    return noisy.clip(0, 255).astype(np.uint8)
-
-
 def frame_folder(folder: Path, n: int, ext: str = "png") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for t, frame in enumerate(rgb_frames(n)):
+    for t, frame in enumerate(moving_box_frames(n)):
         Image.fromarray(frame).save(folder / f"{t:03d}.{ext}")
     return folder
 
@@ -328,7 +315,7 @@ def _out_contains_input(tmp, frames, mp):
 
 
 def _out_contains_video(tmp, frames, mp):
-    video = write_video(tmp / "clips" / "a.mp4", rgb_frames(4), fps=5)
+    video = write_video(tmp / "clips" / "a.mp4", moving_box_frames(4), fps=5)
     return Case(_seg(video, tmp / "clips"), "contains the input", [tmp / "clips"])
 
 
@@ -445,7 +432,7 @@ def test_bad_paths_fail_before_the_model_loads(build, tmp_path, monkeypatch, no_
 
 
 def test_an_output_beside_a_video_file_is_fine(tmp_path, capsys):
-    video = write_video(tmp_path / "clips" / "a.mp4", rgb_frames(4), fps=5)
+    video = write_video(tmp_path / "clips" / "a.mp4", moving_box_frames(4), fps=5)
     before = sha(video)
     code, _, err = cli(_seg(video, tmp_path / "clips" / "a_out"), capsys)
     assert code == 0, err
@@ -470,7 +457,7 @@ def _davis(root: Path) -> Path:
 
 
 def _camvid(root: Path) -> Path:
-    for t, frame in enumerate(rgb_frames(2)):
+    for t, frame in enumerate(moving_box_frames(2)):
         (root / "train").mkdir(parents=True, exist_ok=True)
         Image.fromarray(frame).save(root / "train" / f"0006R0_f{t:05d}.png")
         label_png(root / "trainannot" / f"0006R0_f{t:05d}.png")
@@ -480,7 +467,7 @@ def _camvid(root: Path) -> Path:
 def _cityscapes(root: Path) -> Path:
     city = root / "leftImg8bit_sequence" / "val" / "aachen"
     city.mkdir(parents=True)
-    for t, frame in enumerate(rgb_frames(2)):
+    for t, frame in enumerate(moving_box_frames(2)):
         Image.fromarray(frame).save(city / f"aachen_000000_{18 + t:06d}_leftImg8bit.png")
     label_png(root / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png")
     return city
@@ -540,7 +527,11 @@ def test_dataset_folder_root_as_out_in_a_real_process(tmp_path):
     before = sha(root)
     cmd = [sys.executable, "-m", "zsvss_nb.cli", "-q", "dataset", "folder", str(root)]
     proc = subprocess.run(
-        [*cmd, "--out", str(root), *MODEL], env=ENV, capture_output=True, text=True, timeout=300
+        [*cmd, "--out", str(root), *MODEL],
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert_one_line(proc.stderr, "is the input")
@@ -731,25 +722,6 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ real processes
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "zsvss_nb.cli", "-q", *args],
-        env=ENV,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 300
-    while not ready():
-        assert proc.poll() is None, f"ended before {what}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"no {what} within 300 s"
-        time.sleep(0.005)
-
-
 @pytest.fixture(scope="module")
 def long_finished(tmp_path_factory) -> tuple[Path, Path]:
     """12 frames (4 windows) and a finished run of them."""
@@ -762,15 +734,11 @@ def test_a_rerun_killed_in_the_middle_leaves_the_finished_run(
 ):
     frames, out = copy_finished(long_finished, tmp_path)
     before = sha(out)
-    proc = _start(_seg(frames, out), tmp_path)
+    proc = start_cli(_seg(frames, out), tmp_path)
     try:
-        _wait_for(proc, lambda: any(tmp_path.glob(".out.*.tmp/labels/*.png")), "a staged PNG")
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
+        wait_until(proc, lambda: any(tmp_path.glob(".out.*.tmp/labels/*.png")), "a staged PNG")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stderr = signal_child(proc, sig)
     assert sha(out) == before  # byte for byte, overlay and manifest included
     if sig == signal.SIGTERM:
         assert proc.returncode == 130 and stderr == "zsvss: interrupted\n"
@@ -791,11 +759,11 @@ def test_a_rerun_killed_in_the_middle_leaves_the_finished_run(
 def test_two_concurrent_runs_on_one_output(long_finished, tmp_path):
     frames, _ = long_finished
     out = tmp_path / "out"
-    first = _start(_seg(frames, out), tmp_path)
+    first = start_cli(_seg(frames, out), tmp_path)
     try:
-        _wait_for(first, lambda: any(tmp_path.glob(".out.*.tmp/labels/*.png")), "a staged PNG")
+        wait_until(first, lambda: any(tmp_path.glob(".out.*.tmp/labels/*.png")), "a staged PNG")
         first.send_signal(signal.SIGSTOP)  # the lock stays held while the second run tries
-        second = _start(_seg(frames, out), tmp_path)
+        second = start_cli(_seg(frames, out), tmp_path)
         stdout, stderr = second.communicate(timeout=300)
         first.send_signal(signal.SIGCONT)
         first_out, first_err = first.communicate(timeout=300)
@@ -852,7 +820,7 @@ def test_permission_denied_is_one_line_naming_the_path(tmp_path):
         procs = [
             subprocess.Popen(
                 [*prefix, sys.executable, "-m", "zsvss_nb.cli", "-q", *args],
-                env=ENV,
+                env=CHILD_ENV,
                 cwd=tmp_path,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -943,7 +911,7 @@ def rotated_mp4(path: Path, frames: np.ndarray, degrees: int) -> Path:
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 def test_both_decoders_apply_the_rotation(degrees, tmp_path):
     pytest.importorskip("decord")
-    frames = rgb_frames(4)
+    frames = moving_box_frames(4)
     path = rotated_mp4(tmp_path / "rot.mp4", frames, degrees)
     with open_video(path, backend="decord") as a, open_video(path, backend="pyav") as b:
         assert a.size == b.size == ((H, W) if degrees != 180 else (W, H))
@@ -963,7 +931,7 @@ def test_both_decoders_apply_the_rotation(degrees, tmp_path):
 
 def test_a_rotated_video_gives_the_same_labels_through_either_decoder(tiny, tmp_path):
     pytest.importorskip("decord")
-    path = rotated_mp4(tmp_path / "rot.mp4", rgb_frames(4), 90)
+    path = rotated_mp4(tmp_path / "rot.mp4", moving_box_frames(4), 90)
     cfg = SegmentConfig.fast().replace(k=3, window=2)
     labels = {}
     for backend in ("decord", "pyav"):
@@ -989,7 +957,7 @@ def test_large_latents_warn_once_and_run_tiled(finished, tmp_path, capsys, caplo
 
 
 def test_tiling_only_above_the_threshold_and_diffusers_settings_restored(tiny, monkeypatch):
-    video = rgb_frames(3)
+    video = moving_box_frames(3)
     cfg = SegmentConfig.fast().replace(k=3, window=3)
     vae = tiny.vae
     calls = []

@@ -24,6 +24,8 @@ from PIL import Image  # noqa: E402
 from zsvss_nb import viz  # noqa: E402
 from zsvss_nb.errors import InputError, LabelError  # noqa: E402
 
+DATA = Path(__file__).resolve().parents[1] / "data"
+
 
 def voc_colour_loop(i: int) -> tuple[int, int, int]:
     """PASCAL VOC colour of id ``i``, one bit at a time."""
@@ -675,3 +677,15 @@ def test_legend_names_come_from_a_mapping_or_a_list_by_id() -> None:
     assert label_text(2, {2: "car"}) == "2 car"
     assert label_text(7, ["sky"]) == "7"  # no name: the id alone
     assert label_text(VOID_ID, None) == f"{VOID_ID} void"
+
+
+def test_dataset_names_call_the_datasets_own_ignore_id_void() -> None:
+    from zsvss_nb.datasets import open_dataset
+    from zsvss_nb.viz.colors import label_text
+
+    camvid = open_dataset("camvid", DATA / "camvid")  # 11 classes, void 11 ignored
+    names = viz.dataset_names(camvid)
+    assert [label_text(i, names) for i in (0, 10, 11)] == ["0 sky", "10 bicyclist", "11 void"]
+    assert label_text(11, camvid.class_names) == "11"  # the plain list knows no void
+    davis = open_dataset("davis", DATA / "davis2016")
+    assert viz.dataset_names(davis) == {0: "background", 1: "object"}  # DAVIS 2016: no ignore id

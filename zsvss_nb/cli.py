@@ -221,15 +221,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _names(text: str | None) -> list[str] | None:
-    """A comma-separated option (``--methods a,b``) as names; None when not given."""
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
-
-
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
     from .compare import compare
     from .datasets import open_dataset
+    from .fieldtypes import parse_names
     from .runner import local_device
 
     cfg = build_config(args)
@@ -240,7 +236,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         ignore_index=args.ignore_index,
     )
-    methods = _names(args.methods)
+    methods = parse_names(args.methods)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device or local_device())
     backbone.release_text_encoder((cfg.features.prompt,))
     protocols = args.protocol or ("first-frame", "hungarian", "majority")
@@ -254,7 +250,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         shard=_parse_shard(args.shard),
         resume=args.resume,
         max_frames=args.max_frames,
-        videos=_names(args.videos),
+        videos=parse_names(args.videos),
         vc_ns=args.vc or (8, 16),
         progress=not args.quiet,
     )

@@ -1,5 +1,6 @@
-"""Typed values for config fields: check a value against a field's annotation, or parse a
-command-line string by it (``--set NAME=VALUE``), with one-line :class:`ConfigError` messages."""
+"""Typed values for config fields and options: check a value against a field's annotation, or
+parse a command-line string by it (``--set NAME=VALUE``, comma-separated names), with one-line
+:class:`ConfigError` messages."""
 
 from __future__ import annotations
 
@@ -91,3 +92,8 @@ def parse_value(tp: Any, text: str, name: str) -> Any:
         items = [w for w in re.split(r"[,\s]+", word.strip("[]() ")) if w]
         return tuple(parse_value(args[0], w, name) for w in items)
     return text
+
+
+def parse_names(text: str | None) -> list[str] | None:
+    """A comma-separated option (``--methods a,b``) as its names; None when not given."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None

@@ -40,6 +40,7 @@ import torch
 from ..backbones.common import default_device, native_bf16
 from ..config import SegmentConfig
 from ..errors import ConfigError
+from ..fieldtypes import parse_names
 from ..provenance import machine_info, rss_gb
 from .load import busy_processes, check_load
 from .measure import DIFFUSION_STAGES, STAGES, agreement, run_mode
@@ -468,8 +469,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run ``zsvss bench`` from parsed arguments; prints the table. Returns the exit code."""
     modes: list[str] = ["reference"] if args.compare_reference else []
     modes.append("default")
-    if args.modes:
-        modes += [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes += parse_names(args.modes) or []
     result = run_benchmark(
         model=args.model,
         size=args.size,

@@ -129,6 +129,16 @@ def dataset_palette(dataset: Any) -> np.ndarray:
     return cluster_palette(256)
 
 
+def dataset_names(dataset: Any) -> dict[int, str]:
+    """Legend names of a :class:`zsvss_nb.datasets.Dataset`: its class names by id, and "void" at
+    its ignore id (CamVid's 11, not only 255), so GT strips name every id they show."""
+    names = dict(enumerate(getattr(dataset, "class_names", None) or ()))
+    ignore = getattr(dataset, "ignore_index", None)
+    if ignore is not None:
+        names.setdefault(int(ignore), "void")
+    return names
+
+
 def resolve_palette(colours: PaletteLike = None) -> np.ndarray:
     """Any palette as uint8 ``[256, 3]``: None or "clusters" (:func:`cluster_palette`), "voc"
     (:func:`palette`), a dataset name (:func:`dataset_palette`) or an ``[n, 3]`` array (ids
