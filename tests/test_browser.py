@@ -13,6 +13,7 @@ used). Without a Chromium executable the test is skipped and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +23,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,10 +58,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Lab:
+    """A running JupyterLab server: notebook URL template, the notebooks' folder, REST API."""
+
+    url: str
+    folder: Path
+    api: str
+    token: str
+
+    def _call(self, path: str, method: str = "GET") -> object:
+        request = urllib.request.Request(
+            f"{self.api}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def stop_kernels(self) -> None:
+        """Shut every session's kernel down: closing a page leaves its kernel running, and the
+        next notebook's kernel should not share the cores with an idle one's memory."""
+        for session in self._call("/api/sessions"):
+            self._call(f"/api/sessions/{session['id']}", method="DELETE")
+        deadline = time.monotonic() + 30
+        while self._call("/api/kernels") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert self._call("/api/kernels") == [], "a kernel survived its session's shutdown"
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab server over a copy of notebooks/ (data/ linked); yields a notebook URL
-    template and the copy's folder."""
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    """A JupyterLab server over a copy of notebooks/ (data/ linked)."""
     pytest.importorskip("jupyterlab")
     work = tmp_path_factory.mktemp("lab")
     (work / "notebooks").mkdir()
@@ -105,7 +134,7 @@ def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
             pytest.fail(f"JupyterLab did not start: {(work / 'lab.log').read_text()[-2000:]}")
         assert server.poll() is None, (work / "lab.log").read_text()[-2000:]
         url = f"http://127.0.0.1:{port}/lab/tree/notebooks/{{name}}?reset&token={token}"
-        yield url, work / "notebooks"
+        yield Lab(url, work / "notebooks", f"http://127.0.0.1:{port}", token)
     finally:
         server.terminate()
         try:
@@ -210,8 +239,7 @@ class Notebook:
 
 
 def test_notebook_01_explorers_redraw_in_a_real_browser(lab, browser) -> None:
-    url, _ = lab
-    nb = Notebook(browser, url.format(name="01_feature_probing.ipynb"))
+    nb = Notebook(browser, lab.url.format(name="01_feature_probing.ipynb"))
     nb.run_all()
     nb.check_clean()
     similarity, blocks, kmeans = nb.explorer(0), nb.explorer(1), nb.explorer(2)
@@ -228,6 +256,7 @@ def test_notebook_01_explorers_redraw_in_a_real_browser(lab, browser) -> None:
     nb.change(kmeans, "K", "7")  # a typed K, which the old SelectionSlider ignored
     nb.check_clean()
     nb.page.close()
+    lab.stop_kernels()
 
 
 def _through(folder: Path, name: str, marker: str) -> str:
@@ -254,10 +283,10 @@ def _through(folder: Path, name: str, marker: str) -> str:
 def test_explorers_of_notebooks_02_to_04_redraw(
     lab, browser, name, marker, explorer, label, value
 ) -> None:
-    url, folder = lab
-    nb = Notebook(browser, url.format(name=_through(folder, name, marker)))
+    nb = Notebook(browser, lab.url.format(name=_through(lab.folder, name, marker)))
     nb.run_all()
     nb.check_clean()
     nb.change(nb.explorer(explorer), label, value)
     nb.check_clean()
     nb.page.close()
+    lab.stop_kernels()
