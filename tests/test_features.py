@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from zsvss_nb.attention import decoder_attention
+from zsvss_nb.attention import decoder_attention, features_only_stop
 from zsvss_nb.backbones.common import Schedule
 from zsvss_nb.backbones.sd.passes import cfg_embeddings
 from zsvss_nb.config import SegmentConfig
@@ -81,6 +81,51 @@ def test_caches_cover_injection_steps_and_blocks(tiny):
     assert result.cache[(22, 9, "attn1", "q")].shape == (2, 2, 16 * 16, 16)
     assert set(result.latents) == {22, 23, 24}
     assert result.unet_evals == 3 * 2 * 2
+
+
+def test_a_features_only_pass_stops_after_its_deepest_query(tiny):
+    """Without modulation nothing after the deepest feature block's q at the feature step is
+    used, so the pass stops there: steps 22 and 23 run whole, step 24 ends inside output block 8
+    (block 11 with probing), and every feature is bit-identical to the whole pass's."""
+    cfg = SegmentConfig.paper_sd()
+    frames = _frames(2)
+    ends: list[int] = []  # one entry per UNet call that reached the output convolution
+    hook = tiny.unet.conv_out.register_forward_hook(lambda *_: ends.append(1))
+    try:
+        for extra in ((), tuple(range(3, 12))):
+            ends.clear()
+            whole = extract(tiny, frames, cfg, extra_blocks=extra, keep_cache=True)
+            assert len(ends) == 3
+            ends.clear()
+            short = extract(tiny, frames, cfg, extra_blocks=extra, keep_cache=False)
+            assert len(ends) == 2
+            assert torch.equal(short.features, whole.features)
+            assert torch.equal(short.refine_features, whole.refine_features)
+            assert short.block_features.keys() == whole.block_features.keys()
+            for block, q in whole.block_features.items():
+                assert torch.equal(short.block_features[block], q), block
+            assert short.unet_evals == whole.unet_evals == 3 * 2 * 2 and not short.latents
+        again = extract(tiny, frames, cfg, keep_cache=True)  # a stopped call leaves no trace
+        assert torch.equal(again.features, whole.features) and len(again.latents) == 3
+    finally:
+        hook.remove()
+
+
+def test_features_only_stop_is_the_last_query_in_forward_order() -> None:
+    assert features_only_stop({(6, "attn1", "q"): {24}, (8, "attn1", "q"): {24}}) == (
+        24,
+        8,
+        "attn1",
+        "q",
+    )
+    assert features_only_stop({(8, "attn1", "q"): {22}, (6, "attn1", "q"): {23}}) == (
+        23,
+        6,
+        "attn1",
+        "q",
+    )
+    assert features_only_stop({(8, "attn1", "q"): {24}, (9, "attn1", "k"): {24}}) is None
+    assert features_only_stop({}) is None
 
 
 def test_aggregation_and_normalisation_options(tiny):

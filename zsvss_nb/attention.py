@@ -24,6 +24,30 @@ AttnKey = tuple[int, str]  # (reference decoder block 3..11, "attn1" | "attn2" |
 TEMPORAL_LAYERS = ("tattn1", "tattn2")
 
 
+class ForwardDone(Exception):
+    """Raised by the capture hook once the projection ``AttentionPlan.stop_after`` names is
+    stored: the rest of that UNet call produces nothing the pass needs."""
+
+
+def features_only_stop(
+    capture: dict[tuple[int, str, str], set[int] | frozenset[int]],
+) -> tuple[int, int, str, str] | None:
+    """Where a pass that only reads features may stop: the deepest block's attn1 q at the last
+    step any capture needs, as (step, block, "attn1", "q"); None when other projections are
+    captured there (their order inside a block is not assumed).
+
+    Decoder blocks run in index order, so once that q is stored the call's remaining blocks
+    (SD 2.1: up to output block 11, the full-resolution ones) and the later steps are unused.
+    """
+    step = max((s for steps in capture.values() for s in steps), default=None)
+    if step is None:
+        return None
+    keys = [k for k, steps in capture.items() if step in steps]
+    if any(k[1:] != ("attn1", "q") for k in keys):
+        return None
+    return (step, max(k[0] for k in keys), "attn1", "q")
+
+
 def decoder_attention(unet: nn.Module, block: int, layer: str = "attn1") -> nn.Module:
     """The attention module of reference decoder block ``block`` (3-11) in a diffusers UNet.
 
@@ -54,6 +78,7 @@ class AttentionPlan:
     ``modulation_layer`` is one layer name or a tuple of them; a temporal layer receives the
     same [n, N] mask (n = videos * frames) transposed to its [videos * N, frames] layout.
     Temporal layers replay stored [halves, N, F, C] projections once per video of the batch.
+    ``stop_after`` (step, block, layer, kind): once stored, the hook raises :class:`ForwardDone`.
     """
 
     step: int = -1
@@ -64,6 +89,7 @@ class AttentionPlan:
     modulation_layer: str | tuple[str, ...] = "attn2"
     modulation_steps: frozenset[int] = frozenset()
     halves: int = 2  # 2 with classifier-free guidance ([uncond; cond]), 1 without
+    stop_after: tuple[int, int, str, str] | None = None  # (step, block, layer, kind): ForwardDone
 
 
 class AttentionController:
@@ -121,6 +147,8 @@ class AttentionController:
             steps = plan.capture.get((block, layer, kind))
             if steps is not None and plan.step in steps:
                 self.stored[key] = output.detach().unflatten(0, (plan.halves, -1))
+                if key == plan.stop_after:
+                    raise ForwardDone(key)
             return output
 
         return hook

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-from ...attention import AttentionController
+from ...attention import AttentionController, ForwardDone, features_only_stop
 from ...config import SegmentConfig
 from ...frames import Geometry
 from ..base import DiffusionFeatureResult
@@ -197,9 +197,12 @@ def extract_sd(
     prefix: dict[str, Any] = {}
     warn_if_emulated_bf16(cfg, backbone.device)
     precision = autocast(backbone.device, unet_dtype(cfg.precision, backbone.device))
+    stop = None if keep else features_only_stop(capture)
+    last_step = fcfg.num_inference_steps - 1 if stop is None else stop[0]
     with AttentionController(backbone.unet, blocks_hooked) as ctl, precision:
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
         ctl.plan.halves = emb.shape[0]
+        ctl.plan.stop_after = stop
         handles = []
         if prefix_key is not None:
             for name, module in prefix_modules(backbone.unet, *prefix_key[1:]).items():
@@ -209,16 +212,19 @@ def extract_sd(
                     )
                 )
         try:
-            for i in range(fcfg.start_step, fcfg.num_inference_steps):
+            for i in range(fcfg.start_step, last_step + 1):
                 ctl.plan.step = i
-                eps = unet_eps(
-                    backbone,
-                    z,
-                    float(schedule.sigmas[i]),
-                    float(schedule.timesteps[i]),
-                    emb,
-                    fcfg.guidance_scale,
-                )
+                try:
+                    eps = unet_eps(
+                        backbone,
+                        z,
+                        float(schedule.sigmas[i]),
+                        float(schedule.timesteps[i]),
+                        emb,
+                        fcfg.guidance_scale,
+                    )
+                except ForwardDone:
+                    break  # features only: every wanted q is stored, the rest is unused
                 z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]).item() * eps
                 if keep:
                     latents[i] = z
@@ -246,7 +252,7 @@ def extract_sd(
         cache=cache,
         schedule=schedule,
         sigma_start=sigma,
-        unet_evals=(fcfg.num_inference_steps - fcfg.start_step) * emb.shape[0] * z.shape[0],
+        unet_evals=(last_step + 1 - fcfg.start_step) * emb.shape[0] * z.shape[0],
         seconds=seconds,
         prefix=prefix,
         prefix_key=prefix_key if prefix else None,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...attention import AttentionController
+from ...attention import AttentionController, ForwardDone, features_only_stop
 from ...config import SegmentConfig
 from ...errors import ConfigError
 from ...frames import Geometry
@@ -297,6 +297,8 @@ def extract_svd(
                 capture.setdefault((b, "tattn1", kind), set()).update(steps)
     layers = ("attn1", "tattn1") if inject else ("attn1",)
 
+    stop = None if keep else features_only_stop(capture)
+    last_step = fcfg.num_inference_steps - 1 if stop is None else stop[0]
     tic = time.perf_counter()
     latents: dict[int, torch.Tensor] = {}
     z = z_start[None]
@@ -308,10 +310,14 @@ def extract_svd(
     ):
         ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
         ctl.plan.halves = cond.halves
-        for i in range(fcfg.start_step, fcfg.num_inference_steps):
+        ctl.plan.stop_after = stop
+        for i in range(fcfg.start_step, last_step + 1):
             ctl.plan.step = i
             s, s_next = float(schedule.sigmas[i]), float(schedule.sigmas[i + 1])
-            den = guided_denoised(backbone, z, s, float(schedule.timesteps[i]), cond)
+            try:
+                den = guided_denoised(backbone, z, s, float(schedule.timesteps[i]), cond)
+            except ForwardDone:
+                break  # features only: every wanted q is stored, the rest is unused
             z = euler_step(z, den, s, s_next)
             if keep:
                 latents[i] = z[0]
@@ -330,7 +336,7 @@ def extract_svd(
         cache=cache,
         schedule=schedule,
         sigma_start=sigma,
-        unet_evals=(fcfg.num_inference_steps - fcfg.start_step) * cond.halves * num_frames,
+        unet_evals=(last_step + 1 - fcfg.start_step) * cond.halves * num_frames,
         seconds=seconds,
         conditioning=cond,
     )
