@@ -5,7 +5,9 @@ noise draw per window (seed reset per window), run the Euler sampler from t* to 
 classifier-free guidance (cond = empty-prompt embedding, uncond = zeros), capture the spatial
 self-attention q of decoder blocks 6-8 at the last step from the cond half, average them and
 normalise each token by its max-abs. The same pass stores what stage 3 replays (q/k of the
-injected blocks and the latent after every step), on the device, never on disk.
+injected blocks and the latent after every step), on the device, never on disk. Without
+stage 3 (a bilinear or other upsampler) nothing after the last block's q at the feature step is
+used, so that UNet call stops there (exact; ``attention.ForwardDone``).
 """
 
 from __future__ import annotations
