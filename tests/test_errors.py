@@ -347,7 +347,6 @@ def test_eval_ignore_id_and_lenient_ids(tmp_path):
 def test_cli_subprocesses(tmp_path):
     """The real entry point: exit code 2, one line (FFmpeg/decord's own stderr chatter is
     silenced too), no output; one of the three runs without -q."""
-    env = CHILD_ENV
     for sub in ("a", "b", "c"):
         (tmp_path / sub).mkdir()
     text = _text_as_mp4(tmp_path / "a")
@@ -365,7 +364,7 @@ def test_cli_subprocesses(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "zsvss_nb.cli", *args],
-            env=env,
+            env=CHILD_ENV,
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
+from helpers import CHILD_ENV
 
 from zsvss_nb import svd
 from zsvss_nb.attention import AttentionController, decoder_attention
@@ -391,7 +391,6 @@ def test_cli_segment_paper_svd(tmp_path):
     clip.mkdir()
     for path in sorted(CLIP.iterdir())[:4]:
         shutil.copy(path, clip / path.name)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [
         sys.executable,
         "-m",
@@ -415,7 +414,7 @@ def test_cli_segment_paper_svd(tmp_path):
         "4",
         "--no-overlay",
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["model"]["kind"] == "svd" and manifest["model"]["name"] == "tiny-svd"
