@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zsvss_nb.backbone import default_device, native_bf16  # noqa: E402
+from zsvss_nb.backbones.precision import default_device, native_bf16  # noqa: E402
 
 
 def _seconds(fn, repeats: int) -> float:

@@ -135,7 +135,7 @@ def test_backends_do_not_import_each_other():
             assert other in (None, own), f"{MODULES[name]}:{line} imports {target}"
             # a backend needs only the contract, the shared kernels and the configs
             assert not target.startswith(
-                ("zsvss_nb.pipeline", "zsvss_nb.features", "zsvss_nb.upsample", "zsvss_nb.cli")
+                ("zsvss_nb.pipeline", "zsvss_nb.features", "zsvss_nb.upsample", "zsvss_nb.run.cli")
             ), f"{MODULES[name]}:{line} imports the stage {target}"
 
 
@@ -147,10 +147,40 @@ def test_module_sizes():
         assert lines <= allowed.get(name, 520), f"{path} has {lines} lines"
 
 
-def test_old_import_paths_still_work():
-    from zsvss_nb import backbone, dinov2, svd
-    from zsvss_nb.backbones import load_backbone
+TOP_LEVEL = {"__init__", "__main__", "config", "fieldtypes", "errors"} | set(STAGES)
+FOLDERS = {"backbones", "datasets", "evaluation", "io", "kernels", "methods", "notebook", "run"}
 
-    assert backbone.load_backbone is load_backbone
-    assert callable(svd.extract) and callable(svd.tiny_svd_backbone)
-    assert callable(dinov2.load_dinov2)
+
+def test_top_level_shows_the_stages_and_every_other_concern_lives_in_a_folder():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert modules == TOP_LEVEL, sorted(modules ^ TOP_LEVEL)
+    assert folders == FOLDERS, sorted(folders ^ FOLDERS)
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_re_exports_another_modules_names(name):
+    """No compatibility layer: what a module lists in ``__all__`` it defines itself (the lazy
+    ``__getattr__`` namespaces of ``zsvss_nb`` and ``notebook.viz`` are the public entries)."""
+    tree = ast.parse(MODULES[name].read_text())
+    if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        return
+    listed = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            listed = [e.value for e in node.value.elts]
+    borrowed = sorted(set(listed) - _defined(tree))
+    assert not borrowed, f"{name} re-exports {borrowed}"

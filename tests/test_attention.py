@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from zsvss_nb.attention import AttentionController, SharedProbabilities, decoder_attention
+from zsvss_nb.kernels.attention import AttentionController, SharedProbabilities, decoder_attention
 
 
 def _inputs(seed, n=3):

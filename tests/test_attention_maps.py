@@ -9,8 +9,8 @@ import torch
 from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.sd.attention_maps import captured_qk, self_attention_layers
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.frames import geometry_for
-from zsvss_nb.ops import attention_probs
+from zsvss_nb.kernels.frames import geometry_for
+from zsvss_nb.kernels.ops import attention_probs
 
 
 def reference_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from zsvss_nb.backbones import describe_spec, load_backbone
-from zsvss_nb.backbones.sd import LATENT_SCALE, save_folder, save_single_file
+from zsvss_nb.backbones.sd.model import LATENT_SCALE
+from zsvss_nb.backbones.sd.weights import save_folder, save_single_file
 from zsvss_nb.errors import ConfigError, IncompleteModelError, ModelNotFoundError
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from zsvss_nb import SegmentConfig, Segmenter
 from zsvss_nb.backbones.base import Backbone, FeatureResult, ModulationMaps
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.frames import Geometry
+from zsvss_nb.kernels.frames import Geometry
 
 
 @dataclass(eq=False)

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsvss_nb import bench
-from zsvss_nb.backbones import native_bf16
+from zsvss_nb.backbones.precision import native_bf16
 from zsvss_nb.backbones.sd.modulation import needed_pairs, pair_boxes, plan_triples
 from zsvss_nb.backbones.sd.passes import prefix_modules
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
+from zsvss_nb.run import bench
 from zsvss_nb.upsample import modulate
 
 B, S = 3, 128

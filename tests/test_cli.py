@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from zsvss_nb.cli import build_config, build_parser, main
 from zsvss_nb.config import SegmentConfig
+from zsvss_nb.run.cli import build_config, build_parser, main
 
 
 def parse(*argv: str):

@@ -1,5 +1,6 @@
-"""Tests of zsvss_nb.compare and zsvss_nb.report: which run scores which row, the comparison on
-planted videos (resume, shards), the table in Markdown/CSV/LaTeX, the figures, and a
+"""Tests of zsvss_nb.evaluation.compare and zsvss_nb.evaluation.report: which run scores which row,
+the comparison on planted videos (resume, shards), the table in Markdown/CSV/LaTeX, the figures, and
+a
 ``zsvss compare`` smoke run with the tiny model on the labelled sample clips in data/."""
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
+from zsvss_nb.notebook.session.viz import read_figure_metadata
 
 from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.base import AttentionMaps, Backbone, FeatureResult
-from zsvss_nb.cli import main
-from zsvss_nb.compare import compare, limit_frames, plan, run_folder, select_videos
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.metrics import EvalResult
-from zsvss_nb.report import Comparison, ComparisonRow, latex_escape
-from zsvss_nb.viz import read_figure_metadata
+from zsvss_nb.evaluation.compare import compare, limit_frames, plan, run_folder, select_videos
+from zsvss_nb.evaluation.metrics import EvalResult
+from zsvss_nb.evaluation.report import Comparison, ComparisonRow, latex_escape
+from zsvss_nb.run.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

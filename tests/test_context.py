@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from zsvss_nb.config import ContextConfig
-from zsvss_nb.context import (
-    SceneContext,
-    _lloyd,
-    kmeans,
-    knn_distance,
-    knn_predict,
-    majority_map,
-)
+from zsvss_nb.context import SceneContext, _lloyd, kmeans, knn_distance, knn_predict, majority_map
 from zsvss_nb.errors import ConfigError, LabelError
 
 

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsvss_nb.datasets import (
-    FORMATS,
-    Dataset,
-    VideoItem,
-    load_gt,
-    natural_key,
-    open_dataset,
-    rank_from_env,
-    shard,
-)
+from zsvss_nb.datasets import FORMATS, Dataset, VideoItem, load_gt, natural_key, open_dataset
 from zsvss_nb.errors import ConfigError, DatasetLayoutError, LabelError
+from zsvss_nb.run.shards import rank_from_env, shard
 
 DATA = Path(__file__).parents[1] / "data"
 

@@ -16,7 +16,7 @@ from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.base import AttentionMaps, Backbone
 from zsvss_nb.config import DiffSegConfig
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.frames import Geometry
+from zsvss_nb.kernels.frames import Geometry
 from zsvss_nb.methods import segmenter
 from zsvss_nb.methods.diffseg import (
     aggregate_attention,

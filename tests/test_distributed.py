@@ -1,4 +1,4 @@
-"""Tests of zsvss_nb.distributed: the Ray Data recipe equals the single-process runner.
+"""Tests of zsvss_nb.run.distributed: the Ray Data recipe equals the single-process runner.
 
 A local Ray instance on 2 CPUs runs the per-video function over three tiny synthetic videos
 (frame folders, the "tiny" model); every label PNG must equal run_dataset's byte for byte.
@@ -19,7 +19,7 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, open_dataset
 from zsvss_nb.errors import LabelError, MissingDependencyError, ModelNotFoundError
-from zsvss_nb.runner import DONE_FILE, run_dataset
+from zsvss_nb.run.runner import DONE_FILE, run_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 128, 160
@@ -69,7 +69,7 @@ def dataset(tmp_path_factory) -> Dataset:
 
 
 def test_ray_equals_single_process_runner(ray, dataset, tmp_path):
-    from zsvss_nb.distributed import run_dataset_ray
+    from zsvss_nb.run.distributed import run_dataset_ray
 
     single, distributed = tmp_path / "single", tmp_path / "ray"
     run_dataset(dataset, single, "tiny", CFG, shard=(0, 1), progress=False)
@@ -97,7 +97,7 @@ def test_ray_equals_single_process_runner(ray, dataset, tmp_path):
 
 
 def test_ray_video_errors_propagate_with_their_type(ray, dataset, tmp_path):
-    from zsvss_nb.distributed import run_dataset_ray
+    from zsvss_nb.run.distributed import run_dataset_ray
 
     # Only clip2 has a first-frame label: the first-frame protocol must fail loudly, typed, on
     # clip1 and clip10, while clip2 (already sent to a worker) is still finished.
@@ -121,7 +121,7 @@ def test_ray_video_errors_propagate_with_their_type(ray, dataset, tmp_path):
 
 
 def test_missing_ray_names_the_extra(monkeypatch, dataset, tmp_path):
-    from zsvss_nb.distributed import run_dataset_ray
+    from zsvss_nb.run.distributed import run_dataset_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'zsvss\[distributed\]'"):
@@ -130,7 +130,7 @@ def test_missing_ray_names_the_extra(monkeypatch, dataset, tmp_path):
 
 def test_a_comparison_through_ray_equals_the_single_process_one(ray, dataset, tmp_path):
     from zsvss_nb.backbones import load_backbone
-    from zsvss_nb.compare import compare, ray_runner
+    from zsvss_nb.evaluation.compare import compare, ray_runner
 
     root = shutil.copytree(dataset.root, tmp_path / "data")
     label = np.zeros((H, W), np.uint8)

@@ -3,7 +3,7 @@
 Each case builds one bad input in tmp_path. The API must raise exactly the typed exception of
 :mod:`zsvss_nb.errors`; the CLI must exit with code 2 and print exactly one line on stderr that
 names the input (path or value) and has no traceback; neither may leave output behind. Most CLI
-runs call ``zsvss_nb.cli.main`` in-process; a few real subprocesses prove the entry point. The
+runs call ``zsvss_nb.run.cli.main`` in-process; a few real subprocesses prove the entry point. The
 safe pixel-format conversions are checked to give the same labels as the equivalent RGB frames.
 """
 
@@ -24,12 +24,14 @@ from PIL import Image
 
 from zsvss_nb import errors as E
 from zsvss_nb.backbones import load_backbone
-from zsvss_nb.backbones.sd import save_folder
-from zsvss_nb.cli import main
+from zsvss_nb.backbones.sd.weights import save_folder
 from zsvss_nb.config import SegmentConfig
-from zsvss_nb.evaluate import evaluate_folders
+from zsvss_nb.evaluation.evaluate import evaluate_folders
+from zsvss_nb.io.video import open_video
+from zsvss_nb.io.writers import write_video
+from zsvss_nb.kernels.frames import geometry_for
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.video import geometry_for, open_video, write_video
+from zsvss_nb.run.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128  # max_side 128 -> processed 64x128, a 4x8 feature grid
@@ -363,7 +365,7 @@ def test_cli_subprocesses(tmp_path):
     ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "zsvss_nb.cli", *args],
+            [sys.executable, "-m", "zsvss_nb.run.cli", *args],
             env=CHILD_ENV,
             cwd=tmp_path,
             stdout=subprocess.PIPE,

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from zsvss_nb.attention import decoder_attention, features_only_stop
-from zsvss_nb.backbones.common import Schedule
+from zsvss_nb.backbones.schedule import Schedule
 from zsvss_nb.backbones.sd.passes import cfg_embeddings
 from zsvss_nb.config import SegmentConfig
-from zsvss_nb.features import extract, normalise_tokens
+from zsvss_nb.features import extract
+from zsvss_nb.kernels.attention import decoder_attention, features_only_stop
+from zsvss_nb.kernels.ops import normalise_tokens
 
 
 def _frames(n=3, h=128, w=128, seed=0):

@@ -4,7 +4,7 @@
 second video has its first PNG in its staging folder; the first video's PNGs must be whole (and
 equal to the ones an uninterrupted run writes), the second video must not appear at all, no temp
 file or staging folder may remain, and ``--resume`` must finish the job with files
-byte-identical to an uninterrupted run. The other runs call ``zsvss_nb.cli.main``
+byte-identical to an uninterrupted run. The other runs call ``zsvss_nb.run.cli.main``
 in-process (same code path, no model load per run).
 """
 
@@ -21,11 +21,11 @@ import torch
 from helpers import signal_child, start_cli, wait_until
 from PIL import Image
 
-from zsvss_nb.cli import main
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import DeviceOutOfMemoryError
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.runner import DONE_FILE
+from zsvss_nb.run.cli import main
+from zsvss_nb.run.runner import DONE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from zsvss_nb.backbones import load_backbone
-from zsvss_nb.backbones.sd import SD21_TEXT, SD21_UNET, SD21_VAE, tiny_tokenizer
 from zsvss_nb.backbones.sd.ldm import ldm_configs
-from zsvss_nb.cli import main
+from zsvss_nb.backbones.sd.weights import SD21_TEXT, SD21_UNET, SD21_VAE, tiny_tokenizer
 from zsvss_nb.errors import IncompleteModelError
+from zsvss_nb.run.cli import main
 
 # SD 2.x-shaped, small: 64 channels per attention head, GroupNorm(32), linear projections,
 # two resnets per level, OpenCLIP text tower (one residual block more than is used).

@@ -1,4 +1,5 @@
-"""Tests of zsvss_nb.metrics: hand-computed cases, loop references and protocol properties."""
+"""Tests of zsvss_nb.evaluation.metrics: hand-computed cases, loop references and protocol
+properties."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from PIL import Image
 
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError, LabelError, PredictionMissingError
-from zsvss_nb.evaluate import evaluate_folders
-from zsvss_nb.metrics import (
+from zsvss_nb.evaluation.evaluate import evaluate_folders
+from zsvss_nb.evaluation.metrics import (
     PROTOCOLS,
     ConfusionMatrix,
     apply_protocol,
@@ -448,7 +449,7 @@ def change_fraction_loop(frames):
 def test_label_change_fraction_and_flicker_match_loop():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 3, (5, 6, 7))
-    from zsvss_nb.evaluate import flicker_rate, label_change_fraction
+    from zsvss_nb.evaluation.evaluate import flicker_rate, label_change_fraction
 
     np.testing.assert_allclose(label_change_fraction(frames), change_fraction_loop(frames))
     np.testing.assert_allclose(
@@ -466,7 +467,7 @@ def test_label_change_fraction_and_flicker_match_loop():
 
 
 def test_evaluate_protocols_rows_equal_single_evaluations():
-    from zsvss_nb.evaluate import VideoPrediction, evaluate_protocols
+    from zsvss_nb.evaluation.evaluate import VideoPrediction, evaluate_protocols
 
     rng = np.random.default_rng(1)
     base = rng.integers(0, 3, (6, 6))
@@ -489,7 +490,7 @@ def test_evaluate_protocols_rows_equal_single_evaluations():
 
 
 def test_result_table_markdown_lists_every_row_in_percent():
-    from zsvss_nb.evaluate import Markdown, ResultTable, evaluate_protocols
+    from zsvss_nb.evaluation.evaluate import Markdown, ResultTable, evaluate_protocols
 
     gt = [np.array([[0, 0], [1, 1]])] * 3
     pred = [np.array([[0, 1], [1, 1]])] * 3
@@ -560,7 +561,7 @@ class _FakeSegmenter:
 
 def test_segment_dataset_cuts_clips_routes_ignore_and_pairs_gt(tmp_path, monkeypatch):
     from zsvss_nb import SegmentConfig, pipeline
-    from zsvss_nb.runner import segment_dataset
+    from zsvss_nb.run.runner import segment_dataset
 
     _write_folder_dataset(tmp_path, frames=4, size=64)
     ds = open_dataset("folder", tmp_path, num_classes=3, ignore_index=9)
@@ -588,7 +589,7 @@ def test_segment_dataset_cuts_clips_routes_ignore_and_pairs_gt(tmp_path, monkeyp
 
 def test_segment_dataset_with_tiny_model_never_predicts_void(tmp_path):
     from zsvss_nb import SegmentConfig, load_backbone
-    from zsvss_nb.runner import segment_dataset
+    from zsvss_nb.run.runner import segment_dataset
 
     _write_folder_dataset(tmp_path, frames=2, size=64)
     ds = open_dataset("folder", tmp_path, num_classes=3, ignore_index=9)
@@ -597,15 +598,3 @@ def test_segment_dataset_with_tiny_model_never_predicts_void(tmp_path):
     for pred in run.preds:
         assert pred.shape == (64, 64)
         assert set(np.unique(pred)) <= {1, 2}  # GT classes of frame 1; the void id 9 never
-
-
-def test_moved_names_still_resolve_through_metrics():
-    """zsvss_nb.metrics keeps the moved names for one release (a lazy, deprecated path)."""
-    from zsvss_nb import evaluate as ev
-    from zsvss_nb import metrics, runner
-
-    for name in ("evaluate_folders", "flicker_rate", "ResultTable", "VideoPrediction"):
-        assert getattr(metrics, name) is getattr(ev, name)
-    assert metrics.segment_dataset is runner.segment_dataset
-    with pytest.raises(AttributeError):
-        metrics.no_such_name  # noqa: B018

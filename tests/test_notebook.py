@@ -1,4 +1,4 @@
-"""Tests of zsvss_nb.notebook: the MODEL check, section gating, workloads and sizes."""
+"""Tests of zsvss_nb.notebook.session: the MODEL check, section gating, workloads and sizes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from zsvss_nb import notebook
 from zsvss_nb.backbones.dinov2 import DinoV2
-from zsvss_nb.backbones.sd import StableDiffusion
+from zsvss_nb.backbones.sd.model import StableDiffusion
 from zsvss_nb.errors import ConfigError, ModelNotFoundError
-from zsvss_nb.frames import geometry_for
+from zsvss_nb.kernels.frames import geometry_for
+from zsvss_nb.notebook.session import session as notebook
 
 SECTIONS = ("Blocks", "Modulation")
 

@@ -70,7 +70,7 @@ class TestDinov2:
 
 class TestSdFolder:
     def test_every_notebook_runs_with_a_diffusers_folder(self, tmp_path, tiny) -> None:
-        from zsvss_nb.backbones.sd import save_folder
+        from zsvss_nb.backbones.sd.weights import save_folder
 
         folder = save_folder(tiny, tmp_path / "sd-folder")
         printed = run_all(str(folder), tmp_path)

@@ -51,5 +51,5 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_console_script_and_extras():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["zsvss"] == "zsvss_nb.cli:main"
+    assert project["scripts"]["zsvss"] == "zsvss_nb.run.cli:main"
     assert {"notebooks", "test", "distributed"} <= set(project["optional-dependencies"])

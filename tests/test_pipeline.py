@@ -11,8 +11,8 @@ from PIL import Image
 
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import LabelError
+from zsvss_nb.io.video import open_video
 from zsvss_nb.pipeline import FrameResult, Segmenter
-from zsvss_nb.video import open_video
 
 CAMVID = Path(__file__).resolve().parents[1] / "data" / "camvid" / "0016E5_15Hz"
 

@@ -1,4 +1,4 @@
-"""Tests of zsvss_nb.provenance's figure blocks: the package commit and configs as run."""
+"""Tests of zsvss_nb.io.provenance's figure blocks: the package commit and configs as run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zsvss_nb import SegmentConfig, provenance
+from zsvss_nb import SegmentConfig
+from zsvss_nb.io import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Nothing lost, nothing mixed, nothing silently wrong (issue #16), through the CLI.
 
-Every bad input or failure is a row of a table run through ``zsvss_nb.cli.main`` (in-process:
+Every bad input or failure is a row of a table run through ``zsvss_nb.run.cli.main`` (in-process:
 the same code path, no interpreter start per case) or, where a signal, a second process or a
 permission is the point, through real subprocesses: exit code 2, exactly one stderr line naming
 the input, no traceback, and the sha256 of every protected file (inputs, earlier results) the
@@ -31,16 +31,16 @@ import torch.nn.functional as F
 from helpers import CHILD_ENV, moving_box_frames, signal_child, start_cli, wait_until
 from PIL import Image
 
-from zsvss_nb import outputs
-from zsvss_nb.backbones.common import tiled_apply
-from zsvss_nb.cli import build_config, build_parser, main
+from zsvss_nb.backbones.vae import tiled_apply
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError, DatasetLayoutError, OutputLockedError, VideoNotFoundError
-from zsvss_nb.metrics import evaluate
+from zsvss_nb.evaluation.metrics import evaluate
+from zsvss_nb.io import outputs
+from zsvss_nb.io.video import open_video
+from zsvss_nb.io.writers import temp_path, write_video
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.video import open_video
-from zsvss_nb.writers import temp_path, write_video
+from zsvss_nb.run.cli import build_config, build_parser, main
 
 H, W = 96, 128
 MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
@@ -525,7 +525,7 @@ def test_dataset_folder_root_as_out_in_a_real_process(tmp_path):
     root = tmp_path / "root"
     _folder(root)
     before = sha(root)
-    cmd = [sys.executable, "-m", "zsvss_nb.cli", "-q", "dataset", "folder", str(root)]
+    cmd = [sys.executable, "-m", "zsvss_nb.run.cli", "-q", "dataset", "folder", str(root)]
     proc = subprocess.run(
         [*cmd, "--out", str(root), *MODEL],
         env=CHILD_ENV,
@@ -819,7 +819,7 @@ def test_permission_denied_is_one_line_naming_the_path(tmp_path):
         before = sha(frames, locked)
         procs = [
             subprocess.Popen(
-                [*prefix, sys.executable, "-m", "zsvss_nb.cli", "-q", *args],
+                [*prefix, sys.executable, "-m", "zsvss_nb.run.cli", "-q", *args],
                 env=CHILD_ENV,
                 cwd=tmp_path,
                 stdout=subprocess.PIPE,

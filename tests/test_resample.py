@@ -1,4 +1,4 @@
-"""Pillow-exact resampling (zsvss_nb.resample), checked against Pillow itself.
+"""Pillow-exact resampling (zsvss_nb.kernels.resample), checked against Pillow itself.
 
 Random images and masks are resized by ``resize_uint8`` and by ``PIL.Image.resize`` and must
 agree byte for byte, for upscaling, downscaling (antialiasing), mixed scalings, an unchanged
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from zsvss_nb.errors import ConfigError, InputError
-from zsvss_nb.resample import jpeg_roundtrip, pil_weights, resize_float, resize_uint8
+from zsvss_nb.kernels.resample import jpeg_roundtrip, pil_weights, resize_float, resize_uint8
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PIL_FILTERS = {
@@ -244,7 +244,7 @@ def test_pil_weights_upscale_bicubic_planted():
     "hw, out_hw", [((8, 8), (128, 128)), ((5, 7), (52, 28)), ((30, 20), (12, 9))]
 )
 def test_resize_float_lanczos_agrees_with_lanczos_upsample(hw, out_hw):
-    from zsvss_nb.ops import lanczos_upsample
+    from zsvss_nb.kernels.ops import lanczos_upsample
 
     g = torch.Generator().manual_seed(hw[0])
     masks = (torch.rand(3, 2, *hw, generator=g) < 0.5).float()

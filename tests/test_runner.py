@@ -1,4 +1,5 @@
-"""Tests of zsvss_nb.runner: layout, sharding, env ranks, resume, atomicity, errors, first-frame GT.
+"""Tests of zsvss_nb.run.runner: layout, sharding, env ranks, resume, atomicity, errors, first-frame
+GT.
 
 Three tiny synthetic videos (moving rectangles, 128x160) in the generic ``folder`` format, the
 seeded random-weight "tiny" model and bilinear upsampling keep every run to a few seconds.
@@ -17,8 +18,9 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, VideoItem, open_dataset
 from zsvss_nb.errors import ConfigError, LabelError
+from zsvss_nb.io.writers import temp_path
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.runner import (
+from zsvss_nb.run.runner import (
     DONE_FILE,
     _first_frame_ids,
     config_hash,
@@ -27,7 +29,6 @@ from zsvss_nb.runner import (
     run_dataset,
     segment_video_item,
 )
-from zsvss_nb.writers import temp_path
 
 H, W = 128, 160
 LENGTHS = {"clip1": 4, "clip2": 5, "clip10": 4}  # natural order: clip1, clip2, clip10

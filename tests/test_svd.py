@@ -13,15 +13,32 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from helpers import CHILD_ENV
 
-from zsvss_nb import svd
-from zsvss_nb.attention import AttentionController, decoder_attention
 from zsvss_nb.backbones import load_backbone
+from zsvss_nb.backbones.svd.model import SVD_SCHEDULER_CONFIG
+from zsvss_nb.backbones.svd.passes import (
+    CLIP_MEAN,
+    CLIP_STD,
+    SvdConditioning,
+    SvdFeatureResult,
+    added_time_ids,
+    clip_image_embedding,
+    condition,
+    edm_sigmas,
+    euler_step,
+    guided_denoised,
+    resize_antialiased,
+    svd_schedule,
+)
+from zsvss_nb.backbones.svd.weights import save_svd_folder, save_svd_single_file, tiny_svd_backbone
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError, IncompleteModelError
 from zsvss_nb.features import extract
+from zsvss_nb.io.video import open_video
+from zsvss_nb.kernels.attention import AttentionController, decoder_attention
+from zsvss_nb.notebook.probing import compare_features
+from zsvss_nb.notebook.viz.features import cross_frame_similarity, show_similarity_matrices
 from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.upsample import modulate
-from zsvss_nb.video import open_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "data" / "camvid" / "0016E5_15Hz" / "images"
@@ -41,10 +58,10 @@ def feats(tiny_svd, frames):
 def _video_inputs(tiny_svd, videos=1, num_frames=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(videos, num_frames, 4, 8, 8, generator=g)
-    cond = svd.SvdConditioning(
+    cond = SvdConditioning(
         image_embeds=torch.randn(1, 1, 32, generator=g),
         latent=torch.randn(1, 4, 8, 8, generator=g),
-        time_ids=svd.added_time_ids(14, 127, 0.02),
+        time_ids=added_time_ids(14, 127, 0.02),
         guidance=torch.linspace(1.0, 2.5, num_frames),
     )
     return z, cond
@@ -57,9 +74,9 @@ def test_edm_schedule_matches_closed_form_and_diffusers(tiny_svd):
         (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
         for i in range(n)
     ] + [0.0]
-    ours = svd.edm_sigmas(n)
+    ours = edm_sigmas(n)
     assert torch.allclose(ours, torch.tensor(loop, dtype=torch.float64), rtol=1e-12)
-    sched = svd.svd_schedule(tiny_svd, n)  # diffusers EulerDiscreteScheduler, SVD config
+    sched = svd_schedule(tiny_svd, n)  # diffusers EulerDiscreteScheduler, SVD config
     assert torch.allclose(sched.sigmas.double(), ours, rtol=1e-5)
     assert sched.sigmas[17].item() == pytest.approx(1.2732, abs=1e-4)  # METHOD 1.2
     assert sched.sigmas[24].item() == pytest.approx(0.002, rel=1e-5)
@@ -69,7 +86,7 @@ def test_edm_schedule_matches_closed_form_and_diffusers(tiny_svd):
 
 
 def test_euler_v_step_matches_diffusers_scheduler():
-    sched = EulerDiscreteScheduler.from_config(svd.SVD_SCHEDULER_CONFIG)
+    sched = EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)
     sched.set_timesteps(25)
     sched.set_begin_index(17)
     g = torch.Generator().manual_seed(0)
@@ -77,7 +94,7 @@ def test_euler_v_step_matches_diffusers_scheduler():
     ref = sched.step(v, sched.timesteps[17], z).prev_sample
     s, s_next = float(sched.sigmas[17]), float(sched.sigmas[18])
     denoised = z / (s**2 + 1) - s / math.sqrt(s**2 + 1) * v  # v-prediction, EDM scaling
-    assert torch.allclose(svd.euler_step(z, denoised, s, s_next), ref, atol=1e-5)
+    assert torch.allclose(euler_step(z, denoised, s, s_next), ref, atol=1e-5)
 
 
 def test_sampler_steps_match_diffusers_svd_pipeline():
@@ -90,17 +107,15 @@ def test_sampler_steps_match_diffusers_svd_pipeline():
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    tiny_svd = svd.tiny_svd_backbone("cpu", torch.float64)
+    tiny_svd = tiny_svd_backbone("cpu", torch.float64)
     tiny_svd.vae.double()
     tiny_svd.image_encoder.double()
     pipe = StableVideoDiffusionPipeline(
         vae=tiny_svd.vae,
         image_encoder=tiny_svd.image_encoder,
         unet=tiny_svd.unet,
-        scheduler=EulerDiscreteScheduler.from_config(svd.SVD_SCHEDULER_CONFIG),
-        feature_extractor=CLIPImageProcessor(
-            image_mean=list(svd.CLIP_MEAN), image_std=list(svd.CLIP_STD)
-        ),
+        scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG),
+        feature_extractor=CLIPImageProcessor(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)),
     )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
@@ -129,25 +144,25 @@ def test_sampler_steps_match_diffusers_svd_pipeline():
     )
     cfg = SegmentConfig.paper_svd().replace(cond_aug=0.0)
     with torch.inference_mode():
-        cond = svd.condition(tiny_svd, rgb.permute(2, 0, 1)[None] / 255.0, 2, cfg, None)
-        sched = svd.svd_schedule(tiny_svd, 25)
+        cond = condition(tiny_svd, rgb.permute(2, 0, 1)[None] / 255.0, 2, cfg, None)
+        sched = svd_schedule(tiny_svd, 25)
         for i in (17, 18, 24):
             s, s_next = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
-            den = svd.guided_denoised(tiny_svd, after[i - 1], s, float(sched.timesteps[i]), cond)
-            ours = svd.euler_step(after[i - 1], den, s, s_next)
+            den = guided_denoised(tiny_svd, after[i - 1], s, float(sched.timesteps[i]), cond)
+            ours = euler_step(after[i - 1], den, s, s_next)
             assert torch.allclose(ours, after[i], atol=2e-4), i
 
 
 def test_noise_at_step_17_one_draw_per_window(tiny_svd, frames):
     cfg = CFG.replace(sample_posterior=False, method="bilinear")
-    res = svd.extract(tiny_svd, frames, cfg)
+    res = extract(tiny_svd, frames, cfg)
     assert res.sigma_start == pytest.approx(1.2732, abs=1e-4)
     gen = torch.Generator().manual_seed(cfg.features.seed)
     z0 = tiny_svd.encode(res.images, gen, sample=False).float()
     torch.randn((1, *res.images.shape[1:]), generator=gen)  # the conditioning frame's noise
     eps = torch.randn(z0.shape, generator=gen)
     assert torch.allclose(res.z_start, z0 + res.sigma_start * eps, atol=1e-5)
-    again = svd.extract(tiny_svd, frames, cfg)  # the seed is reset per window
+    again = extract(tiny_svd, frames, cfg)  # the seed is reset per window
     assert torch.equal(again.z_start, res.z_start)
 
 
@@ -172,14 +187,14 @@ def test_conditioning_shapes_and_values(tiny_svd, feats):
     noise = torch.randn(x.shape, generator=gen)
     with torch.inference_mode():
         mode = tiny_svd.vae.encode(x + 0.02 * noise).latent_dist.mode()
-        built = svd.condition(tiny_svd, feats.images[:1], 4, CFG, torch.Generator().manual_seed(1))
+        built = condition(tiny_svd, feats.images[:1], 4, CFG, torch.Generator().manual_seed(1))
     assert torch.allclose(built.latent, mode, atol=1e-5)
 
 
 def test_antialiased_resize_matches_loop_reference():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 1, 12, 12, generator=g)
-    out = svd.resize_antialiased(x, (6, 6))
+    out = resize_antialiased(x, (6, 6))
     sigma, k = 0.5, 3  # factor 2: sigma (2 - 1) / 2, kernel max(int(4 sigma), 3)
     taps = [math.exp(-((i - 1) ** 2) / (2 * sigma**2)) for i in range(k)]
     taps = [t / sum(taps) for t in taps]
@@ -205,22 +220,20 @@ def test_guidance_mixes_halves_per_frame(tiny_svd):
     z, cond = _video_inputs(tiny_svd)
     sigma, t = 1.2732, 0.25 * math.log(1.2732)
     with torch.inference_mode():
-        guided = svd.guided_denoised(tiny_svd, z, sigma, t, cond)
-        only_c = svd.guided_denoised(
+        guided = guided_denoised(tiny_svd, z, sigma, t, cond)
+        only_c = guided_denoised(
             tiny_svd,
             z,
             sigma,
             t,
-            svd.SvdConditioning(
-                cond.image_embeds, cond.latent, cond.time_ids, cond.guidance, halves=1
-            ),
+            SvdConditioning(cond.image_embeds, cond.latent, cond.time_ids, cond.guidance, halves=1),
         )
-        only_u = svd.guided_denoised(
+        only_u = guided_denoised(
             tiny_svd,
             z,
             sigma,
             t,
-            svd.SvdConditioning(
+            SvdConditioning(
                 torch.zeros_like(cond.image_embeds),
                 torch.zeros_like(cond.latent),
                 cond.time_ids,
@@ -326,7 +339,7 @@ def test_modulation_layout_spatial_and_temporal(tiny_svd):
 
 # -- stages 1 and 3 -------------------------------------------------------------------------
 def test_extract_shapes_and_caches(feats, tiny_svd, frames):
-    assert isinstance(feats, svd.SvdFeatureResult)
+    assert isinstance(feats, SvdFeatureResult)
     assert feats.features.shape == (4, 4, 8, 32)  # 480x360 -> 128x64 -> H/16
     assert torch.allclose(feats.features.abs().amax(-1), torch.ones(4, 4, 8))  # L-inf
     assert set(feats.block_features) == {6, 7, 8}
@@ -338,23 +351,23 @@ def test_extract_shapes_and_caches(feats, tiny_svd, frames):
     assert feats.cache[(17, 8, "tattn1", "q")].shape == (2, 32, 4, 32)
     assert feats.cache[(24, 3, "tattn1", "k")].shape == (2, 8, 4, 32)  # H/32: 2 x 4 tokens
     assert feats.unet_evals == 8 * 2 * 4
-    direct = svd.extract(tiny_svd, frames, CFG, keep_cache=False)  # features.extract dispatches
+    direct = extract(tiny_svd, frames, CFG, keep_cache=False)  # features.extract dispatches
     assert torch.equal(direct.features, feats.features) and not direct.cache
 
 
 def test_modulation_labels_blending_and_batching(tiny_svd, feats):
     coarse = torch.zeros(4, 4, 8, dtype=torch.long)
     coarse[1:, 2:, :2] = 7  # class 7 absent from frame 0
-    up = modulate(tiny_svd, feats, coarse, CFG)  # upsample.modulate dispatches to svd.modulate
+    up = modulate(tiny_svd, feats, coarse, CFG)  # upsample.modulate dispatches to modulate
     assert up.labels.shape == (4, 360, 480)
     assert set(up.labels.unique().tolist()) <= {0, 7}
     assert up.diff.shape == (2, 4, 64, 128) and up.raw_labels.shape == (4, 360, 480)
     assert up.diff[1, 0].abs().max() == 0  # skipped: mask of class 7 empty in frame 0
     assert up.vae_decodes == 2 * 4 + 2 * 3
-    one = svd.modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=4, skip_empty=False))
+    one = modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=4, skip_empty=False))
     # blending after every step resets frame 0 outside class 7's (empty) mask: exactly D = 0
     assert one.diff[1, 0].abs().max() == 0 and one.vae_decodes == 4 * 4
-    two = svd.modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=8))  # 2 videos / call
+    two = modulate(tiny_svd, feats, coarse, CFG.replace(modulation_batch=8))  # 2 videos / call
     # float32 kernels differ with the batch size and the random tiny UNet amplifies the rounding:
     # on an AVX2-only CPU the maps differ by 2e-3 on average (6e-2 at worst), 99.9 % labels agree
     assert float((one.diff - two.diff).abs().mean()) < 5e-3
@@ -363,18 +376,22 @@ def test_modulation_labels_blending_and_batching(tiny_svd, feats):
     assert (one.labels == up.labels).float().mean() > 0.99
     assert up.unet_evals == one.unet_evals == 4 * 8 * 4 * 2
     with pytest.raises(ConfigError, match="caches"):
-        svd.modulate(tiny_svd, dataclasses.replace(feats, cache={}), coarse, CFG)
+        modulate(tiny_svd, dataclasses.replace(feats, cache={}), coarse, CFG)
 
 
 def test_decode_frame_by_frame_or_whole_window(tiny_svd, feats):
     z = feats.latents[24]
-    single = svd.decode(tiny_svd, z, 1)
-    alone = torch.cat([svd.decode(tiny_svd, z[i : i + 1], 1) for i in range(4)])
+    single = tiny_svd.decode(z, torch.float32, 1)
+    alone = torch.cat([tiny_svd.decode(z[i : i + 1], torch.float32, 1) for i in range(4)])
     assert single.shape == (4, 3, 64, 128) and torch.allclose(single, alone, atol=1e-5)
     assert torch.allclose(tiny_svd.decode(z), single, atol=1e-5)  # Backbone.decode: frame by frame
-    whole = svd.decode(tiny_svd, z, 0)  # the temporal decoder sees the 4 frames together
+    whole = tiny_svd.decode(z, torch.float32, 0)  # the temporal decoder sees the 4 frames together
     assert whole.shape == single.shape and not torch.allclose(whole, single, atol=1e-4)
-    assert torch.allclose(svd.decode(tiny_svd, z, 2)[:2], svd.decode(tiny_svd, z[:2], 0), atol=1e-5)
+    assert torch.allclose(
+        tiny_svd.decode(z, torch.float32, 2)[:2],
+        tiny_svd.decode(z[:2], torch.float32, 0),
+        atol=1e-5,
+    )
 
 
 def test_segmenter_end_to_end(tiny_svd):
@@ -394,7 +411,7 @@ def test_cli_segment_paper_svd(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "zsvss_nb.cli",
+        "zsvss_nb.run.cli",
         "-q",
         "segment",
         str(clip),
@@ -426,18 +443,18 @@ def test_cli_segment_paper_svd(tmp_path):
 def test_folder_and_single_file_round_trip(tiny_svd, tmp_path):
     z, cond = _video_inputs(tiny_svd)
     ref = _unet(tiny_svd, z, cond)
-    svd.save_svd_folder(tiny_svd, tmp_path / "svd")
+    save_svd_folder(tiny_svd, tmp_path / "svd")
     folder = load_backbone(tmp_path / "svd", device="cpu")
     assert folder.kind == "svd" and folder.identity["format"] == "diffusers"
     assert torch.allclose(_unet(folder, z, cond), ref, atol=1e-6)
-    path = svd.save_svd_single_file(tiny_svd, tmp_path / "svd.safetensors")
+    path = save_svd_single_file(tiny_svd, tmp_path / "svd.safetensors")
     single = load_backbone(path, device="cpu")
     assert single.kind == "svd" and single.identity["format"] == "single-file"
     assert torch.allclose(_unet(single, z, cond), ref, atol=1e-6)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.inference_mode():
         assert torch.allclose(
-            svd.clip_image_embedding(single, x), svd.clip_image_embedding(tiny_svd, x), atol=1e-6
+            clip_image_embedding(single, x), clip_image_embedding(tiny_svd, x), atol=1e-6
         )
     assert single.fingerprint() != tiny_svd.fingerprint()  # file hash vs parameter hash
     shutil.rmtree(tmp_path / "svd" / "image_encoder")
@@ -479,7 +496,7 @@ def test_paper_svd_preset():
 def test_cross_frame_similarity_matches_loop():
     g = torch.Generator().manual_seed(0)
     f = torch.randn(3, 2, 3, 5, generator=g)
-    out = svd.cross_frame_similarity(f)
+    out = cross_frame_similarity(f)
     flat = torch.nn.functional.normalize(f.flatten(1, 2), dim=-1)
     for i in range(3):
         for j in range(3):
@@ -488,11 +505,11 @@ def test_cross_frame_similarity_matches_loop():
 
 
 def test_compare_features_side_by_side(tiny_svd, tiny, frames):
-    views = svd.compare_features({"SD": tiny, "SVD": tiny_svd}, frames, max_side=128)
+    views = compare_features({"SD": tiny, "SVD": tiny_svd}, frames, max_side=128)
     assert [v.kind for v in views.values()] == ["sd", "svd"]
     for view in views.values():
         assert view.pca.shape == (4, 4, 8, 3) and view.query.shape == (4, 4, 8)
         assert torch.allclose(view.similarity.diagonal(), torch.ones(4), atol=1e-5)
     assert views["SVD"].features.shape[-1] == 32
-    fig = svd.show_similarity_matrices({k: v.features for k, v in views.items()})
+    fig = show_similarity_matrices({k: v.features for k, v in views.items()})
     assert len(fig.axes) == 3  # two heat maps and the colour bar

@@ -1,4 +1,4 @@
-"""The thread policy for shared machines (zsvss_nb.threads) and the benchmark's busy processes.
+"""The thread policy for shared machines (zsvss_nb.run.threads) and the benchmark's busy processes.
 
 The CLI runs in a fresh interpreter with busy processes beside it and a one-CPU affinity, the
 way a user's job starts on a shared machine: it must end up with passive OpenMP waiting and one
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from zsvss_nb.bench.load import busy_processes
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.threads import apply_thread_policy, current_policy, usable_cores
+from zsvss_nb.run.bench.load import busy_processes
+from zsvss_nb.run.threads import apply_thread_policy, current_policy, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "ZSVSS_THREAD_POLICY")
@@ -56,7 +56,7 @@ def test_policy_sets_only_what_the_user_left_unset():
 def test_usable_cores_follow_the_affinity_mask():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this platform")
-    code = "from zsvss_nb.threads import usable_cores; print(usable_cores())"
+    code = "from zsvss_nb.run.threads import usable_cores; print(usable_cores())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=_clean_env(),
@@ -74,7 +74,7 @@ def test_cli_on_a_busy_machine_runs_passive_with_the_affinity_thread_count():
     with busy_processes(2) as procs:
         assert all(p.poll() is None for p in procs)
         out = subprocess.run(
-            [sys.executable, "-m", "zsvss_nb.cli", "info", "--model", "tiny"],
+            [sys.executable, "-m", "zsvss_nb.run.cli", "info", "--model", "tiny"],
             env=_clean_env(),
             preexec_fn=_one_cpu,
             capture_output=True,
@@ -90,7 +90,7 @@ def test_cli_on_a_busy_machine_runs_passive_with_the_affinity_thread_count():
 
 def test_user_settings_win_and_import_applies_the_policy_before_torch():
     user = subprocess.run(
-        [sys.executable, "-m", "zsvss_nb.cli", "info"],
+        [sys.executable, "-m", "zsvss_nb.run.cli", "info"],
         env=_clean_env(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,

@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 import zsvss_nb.backbones.sd.modulation as sd_mod
-from zsvss_nb import ops
 from zsvss_nb.backbones.base import Backbone
 from zsvss_nb.backbones.sd.modulation import plan_triples
 from zsvss_nb.config import SegmentConfig, UpsampleConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
-from zsvss_nb.ops import difference_maps, gaussian_blur, lanczos_upsample
-from zsvss_nb.resample import jpeg_roundtrip
+from zsvss_nb.kernels import ops
+from zsvss_nb.kernels.frames import Geometry
+from zsvss_nb.kernels.ops import difference_maps, gaussian_blur, lanczos_upsample
+from zsvss_nb.kernels.resample import jpeg_roundtrip
 from zsvss_nb.upsample import (
     bilateral_labels,
     bilinear_labels,
@@ -32,7 +33,6 @@ from zsvss_nb.upsample import (
     nearest_labels,
     upsample,
 )
-from zsvss_nb.video import Geometry
 
 CLASSES = (3, 7, 9)
 EMPTY = {(7, 1), (9, 2)}  # (class id, frame) pairs with an empty mask

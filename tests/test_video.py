@@ -1,4 +1,4 @@
-"""Tests of zsvss_nb.video: inputs, windows, pixel formats, errors, size policy, writers."""
+"""Tests of zsvss_nb.io.video: inputs, windows, pixel formats, errors, size policy, writers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zsvss_nb import decoders as D
 from zsvss_nb.datasets import natural_key
 from zsvss_nb.errors import (
     ConfigError,
@@ -25,17 +24,10 @@ from zsvss_nb.errors import (
     VideoDecodeError,
     VideoNotFoundError,
 )
-from zsvss_nb.video import (
-    Geometry,
-    atomic_write_png,
-    geometry_for,
-    open_video,
-    prepare_frames,
-    restore,
-    to_grid,
-    window_spans,
-    write_video,
-)
+from zsvss_nb.io import decoders as D
+from zsvss_nb.io.video import open_video, window_spans
+from zsvss_nb.io.writers import atomic_write_png, write_video
+from zsvss_nb.kernels.frames import Geometry, geometry_for, prepare_frames, restore, to_grid
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BEDROOM = DATA / "unlabelled" / "bedroom"
@@ -547,7 +539,7 @@ def test_resize64_default_is_pils_resize_of_the_reference(clip) -> None:
     got = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.05
-    assert np.array_equal(got, want)  # in fact byte-identical (zsvss_nb.resample)
+    assert np.array_equal(got, want)  # in fact byte-identical (zsvss_nb.kernels.resample)
 
 
 def test_resize64_default_matches_pil_on_random_images() -> None:

@@ -1,4 +1,5 @@
-"""Tests of zsvss_nb.viz.export: paper-ready files (fonts, dpi, sizes) and their provenance."""
+"""Tests of zsvss_nb.notebook.viz.export: paper-ready files (fonts, dpi, sizes) and their
+provenance."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
+from zsvss_nb.notebook.session.session import check_model  # noqa: E402
 
-from zsvss_nb import SegmentConfig, Segmenter, viz  # noqa: E402
+from zsvss_nb import SegmentConfig, Segmenter  # noqa: E402
 from zsvss_nb.errors import InputError  # noqa: E402
-from zsvss_nb.notebook import check_model  # noqa: E402
+from zsvss_nb.notebook.session import viz  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

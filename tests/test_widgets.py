@@ -1,4 +1,5 @@
-"""Tests of zsvss_nb.widgets: explorers draw on build, redraw on change, cache, and export."""
+"""Tests of zsvss_nb.notebook.widgets: explorers draw on build, redraw on change, cache, and
+export."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zsvss_nb import SegmentConfig, viz, widgets  # noqa: E402
+from zsvss_nb import SegmentConfig  # noqa: E402
+from zsvss_nb.backbones.base import FeatureResult  # noqa: E402
 from zsvss_nb.errors import ConfigError, InputError  # noqa: E402
-from zsvss_nb.features import FeatureResult  # noqa: E402
+from zsvss_nb.notebook.session import viz, widgets  # noqa: E402
 from zsvss_nb.upsample import UpsampleResult  # noqa: E402
 
 
@@ -309,7 +311,7 @@ def test_refine_explorer_counts_surviving_tracks_per_hop_threshold() -> None:
 
 
 def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) -> None:
-    from zsvss_nb import explorer
+    from zsvss_nb.notebook.session import explorer
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))

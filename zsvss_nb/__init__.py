@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .threads import apply_thread_policy
+from .run.threads import apply_thread_policy
 
 # A fresh kernel that imports zsvss_nb before torch gets passive OpenMP waiting and one thread
-# per usable core (zsvss_nb.threads); variables the user set are left alone.
+# per usable core (zsvss_nb.run.threads); variables the user set are left alone.
 apply_thread_policy()
 
 __version__ = "0.1.0"
@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_backbone": ("backbones", "load_backbone"),
     "Backbone": ("backbones.base", "Backbone"),
-    "open_video": ("video", "open_video"),
-    "Video": ("video", "Video"),
+    "open_video": ("io.video", "open_video"),
+    "Video": ("io.video", "Video"),
     "Segmenter": ("pipeline", "Segmenter"),
     "SegmentConfig": ("config", "SegmentConfig"),
     "FeatureConfig": ("config", "FeatureConfig"),
@@ -34,15 +34,9 @@ __all__ = ["__version__", *_LAZY]
 if TYPE_CHECKING:
     from .backbones import load_backbone
     from .backbones.base import Backbone
-    from .config import (
-        ContextConfig,
-        FeatureConfig,
-        RefineConfig,
-        SegmentConfig,
-        UpsampleConfig,
-    )
+    from .config import ContextConfig, FeatureConfig, RefineConfig, SegmentConfig, UpsampleConfig
+    from .io.video import Video, open_video
     from .pipeline import Segmenter
-    from .video import Video, open_video
 
 
 def __getattr__(name: str) -> Any:

@@ -356,7 +356,7 @@ class SegmentConfig(_Replaceable):
     preset: str = "paper-sd"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # METHOD 1.8: the UNet (feature
     # and modulated passes) under torch.autocast, fp16 on CUDA; "auto" = fp16 on CUDA, fp32 on
-    # the CPU (bf16 where native only once measured: backbones.common.AUTO_CPU_BF16). The VAE
+    # the CPU (bf16 where native only once measured: backbones.precision.AUTO_CPU_BF16). The VAE
     # decode has its own upsample.decode_dtype.
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Stage 1: the feature pass over one window (METHOD.md 1.1-1.3), for any backbone.
 
-Frames are brought to the backbone's input size (:func:`zsvss_nb.frames.prepare_window`), then
-the backbone runs its own pass (:meth:`~zsvss_nb.backbones.base.Backbone.extract_features`):
+Frames are brought to the backbone's input size (:func:`zsvss_nb.kernels.frames.prepare_window`),
+then the backbone runs its own pass (:meth:`~zsvss_nb.backbones.base.Backbone.extract_features`):
 for Stable Diffusion, noise to t*, denoise with guidance and read the decoder's self-attention
 queries of blocks 6-8 (:mod:`zsvss_nb.backbones.sd.passes`); for SVD the video model's
 (:mod:`zsvss_nb.backbones.svd.passes`); for the ViT, its patch tokens.
@@ -16,8 +16,7 @@ import torch
 
 from .backbones.base import Backbone, FeatureResult
 from .config import SegmentConfig
-from .frames import prepare_window
-from .ops import aggregate, normalise_tokens
+from .kernels.frames import prepare_window
 
 
 @torch.inference_mode()
@@ -30,7 +29,7 @@ def extract(
 ) -> FeatureResult:
     """Run stage 1 on one window and return :class:`FeatureResult`.
 
-    ``window``: a :class:`zsvss_nb.video.Window` or frames [B, 3, H, W] (uint8, or float in
+    ``window``: a :class:`zsvss_nb.io.video.Window` or frames [B, 3, H, W] (uint8, or float in
     [0, 1]). ``cfg`` defaults to the backbone's paper settings. ``extra_blocks`` adds more
     blocks' features to ``block_features`` (for probing). ``keep_cache`` stores what stage 3
     replays (default: when stage 3 is masked modulation).
@@ -43,4 +42,6 @@ def extract(
     )
 
 
-__all__ = ["FeatureResult", "aggregate", "extract", "normalise_tokens"]
+__all__ = [
+    "extract",
+]

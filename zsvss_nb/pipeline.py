@@ -24,19 +24,19 @@ from .context import SceneContext
 from .datasets import load_gt
 from .errors import DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
-from .frames import geometry_for, to_grid
-from .outputs import (
+from .io.outputs import (
     check_disjoint,
     check_output_folder,
     check_replaceable,
     probe_lock,
     staged_output,
 )
-from .provenance import model_identity, peak_device_gb, peak_rss_gb, versions
+from .io.provenance import model_identity, peak_device_gb, peak_rss_gb, versions
+from .io.video import Video, Window, open_video, window_spans
+from .io.writers import atomic_write_json, atomic_write_png, write_video
+from .kernels.frames import geometry_for, to_grid
 from .refine import refine
 from .upsample import upsample
-from .video import Video, Window, open_video, window_spans
-from .writers import atomic_write_json, atomic_write_png, write_video
 
 log = logging.getLogger(__name__)
 
@@ -305,13 +305,13 @@ class Segmenter:
         """Segment ``video`` and write labels/, color/, overlay.mp4 and manifest.json to out_dir.
 
         The run writes into a staging folder beside ``out_dir`` and replaces ``out_dir`` as a
-        whole only when it succeeds (:func:`zsvss_nb.outputs.staged_output`): a failed or
+        whole only when it succeeds (:func:`zsvss_nb.io.outputs.staged_output`): a failed or
         interrupted run leaves the previous outputs exactly as they were, a rerun leaves no
         stale frame of an earlier one, and a second run on the same ``out_dir`` at once fails
         with :class:`~zsvss_nb.errors.OutputLockedError`. An ``out_dir`` that is, contains or
         lies inside an input is refused. Returns the manifest.
         """
-        from .viz import colorize, overlay_panel
+        from .notebook.viz import colorize, overlay_panel
 
         out = Path(out_dir)
         video = video if isinstance(video, Video) else open_video(video)

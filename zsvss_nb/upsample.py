@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from .backbones.base import Backbone, FeatureResult, ModulationMaps
 from .config import SegmentConfig, UpsampleConfig
-from .frames import Geometry, restore
-from .ops import filter_weights, one_hot_maps, restore_argmax
+from .kernels.frames import Geometry, restore
+from .kernels.ops import filter_weights, one_hot_maps, restore_argmax
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,14 @@ import torch
 
 from ..config import SegmentConfig
 from ..errors import ModelNotFoundError
-from . import dinov2, sd, svd
-from .base import Backbone, DiffusionFeatureResult, FeatureResult, ModulationMaps
-from .common import ENV_MODEL, cache_dir, default_device, native_bf16, not_found_message
+from . import dinov2
+from .base import Backbone
+from .checkpoints import ENV_MODEL, cache_dir, not_found_message
+from .precision import default_device
+from .sd import model as sd_model
+from .sd import weights as sd_weights
+from .svd import model as svd_model
+from .svd import weights as svd_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +46,18 @@ class Family:
 REGISTRY: tuple[Family, ...] = (
     Family(
         "svd",
-        svd.is_svd_spec,
-        lambda n, dev, dt: svd.load_svd(n, dt, dev),
-        svd.StableVideoDiffusion,
-        svd.BUILTIN,
+        svd_weights.is_svd_spec,
+        lambda n, dev, dt: svd_weights.load_svd(n, dt, dev),
+        svd_model.StableVideoDiffusion,
+        svd_weights.BUILTIN,
     ),
     Family(
         "dinov2", lambda name: name in dinov2.BUILTIN, dinov2.load, dinov2.DinoV2, dinov2.BUILTIN
     ),
     # the fallback: diffusers folders, checkpoint files and repo ids
-    Family("sd", lambda name: True, sd.load_sd, sd.StableDiffusion, sd.BUILTIN),
+    Family(
+        "sd", lambda name: True, sd_weights.load_sd, sd_model.StableDiffusion, sd_weights.BUILTIN
+    ),
 )
 
 
@@ -119,15 +126,10 @@ def load_backbone(
 
 __all__ = [
     "REGISTRY",
-    "Backbone",
-    "DiffusionFeatureResult",
     "Family",
-    "FeatureResult",
     "default_config_for",
     "family_of",
-    "ModulationMaps",
     "describe_spec",
     "load_backbone",
-    "native_bf16",
     "resolve_spec",
 ]

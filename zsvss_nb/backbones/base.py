@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import SegmentConfig
 from ..errors import ConfigError
-from ..frames import Geometry
+from ..kernels.frames import Geometry
 
 CacheKey = tuple[int, int, str, str]  # (step, block, "attn1"|"attn2"|"tattn1"..., "q"|"k")
 

@@ -38,11 +38,11 @@ from ..errors import (
     MissingDependencyError,
     ModelNotFoundError,
 )
-from ..frames import Geometry
-from ..ops import attention_probs, normalise_tokens
-from ..writers import atomic_write
+from ..io.writers import atomic_write
+from ..kernels.frames import Geometry
+from ..kernels.ops import attention_probs, normalise_tokens
 from .base import AttentionMaps, Backbone, FeatureResult
-from .common import cache_dir as default_cache_dir
+from .checkpoints import cache_dir as default_cache_dir
 
 DINOV2_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 DINOV2_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

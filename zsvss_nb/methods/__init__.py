@@ -25,7 +25,7 @@ from ..config import SegmentConfig
 from ..errors import ConfigError
 from ..pipeline import Segmenter
 from . import diffseg, emerdiff, kmeans_frame, propagate, vidseg
-from .common import CAPABILITIES, FrameSegmenter, Method
+from .common import Method
 
 DEFAULT = "vidseg"
 
@@ -86,12 +86,9 @@ def available(backbone: Backbone, names: list[str] | None = None) -> list[str]:
 
 
 __all__ = [
-    "CAPABILITIES",
     "DEFAULT",
     "METHODS",
     "SECTIONS",
-    "FrameSegmenter",
-    "Method",
     "available",
     "get_method",
     "hashed_config",

@@ -19,8 +19,8 @@ import torch
 from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..errors import ConfigError
+from ..io.video import Window
 from ..pipeline import FrameResult, RunStats, Segmenter
-from ..video import Window
 
 Labels = Literal["either", "clusters", "classes"]
 

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from ..config import DiffSegConfig
 from ..errors import InputError
-from ..frames import Geometry, prepare_window
-from ..ops import restore_argmax
+from ..io.video import Window
+from ..kernels.frames import Geometry, prepare_window
+from ..kernels.ops import restore_argmax
 from ..pipeline import RunStats
-from ..video import Window
 from .common import FrameSegmenter, Method, timed
 
 EPS = 1e-12  # probabilities are clamped here before the log (softmax can underflow to 0)

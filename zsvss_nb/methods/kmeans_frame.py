@@ -18,9 +18,9 @@ import torch
 
 from ..config import SegmentConfig
 from ..context import per_frame_kmeans
+from ..io.video import Window
 from ..pipeline import RunStats
 from ..upsample import upsample
-from ..video import Window
 from .common import FrameSegmenter, Method, timed
 
 

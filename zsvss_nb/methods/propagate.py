@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 from ..config import PropagateConfig
 from ..errors import ConfigError, LabelError
-from ..frames import to_grid
-from ..ops import restore_argmax
+from ..io.video import Window
+from ..kernels.frames import to_grid
+from ..kernels.ops import restore_argmax
 from ..pipeline import RunStats
-from ..video import Window
 from .common import FrameSegmenter, Method, timed
 
 

@@ -18,8 +18,8 @@ from .. import pipeline
 from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..context import SceneContext
+from ..io.video import Window
 from ..pipeline import Segmenter
-from ..video import Window
 from .common import Method
 
 PAPER = "Wang et al., VidSeg, CVPR 2025 (arXiv 2405.16947)"

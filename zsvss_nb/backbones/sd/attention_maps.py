@@ -10,7 +10,7 @@ noises it to t = 300 first (DDPM forward process) instead.
 
 The q/k projections are captured with forward hooks on ``to_q``/``to_k`` of every ``attn1``
 module, whatever attention processor computes the softmax; the probabilities are recomputed
-from them (:func:`zsvss_nb.ops.attention_probs`).
+from them (:func:`zsvss_nb.kernels.ops.attention_probs`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 from ...config import SegmentConfig
 from ...errors import ConfigError
-from ...frames import Geometry
-from ...ops import attention_probs
+from ...kernels.frames import Geometry
+from ...kernels.ops import attention_probs
 from ..base import AttentionMaps
 
 if TYPE_CHECKING:

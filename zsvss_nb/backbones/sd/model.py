@@ -17,7 +17,7 @@ from torch import nn
 from ...config import SegmentConfig
 from ...errors import ConfigError
 from ..base import Backbone
-from ..common import diffusers_tiling, is_tiled, vae_encode, vae_size_advice
+from ..vae import diffusers_tiling, is_tiled, vae_encode, vae_size_advice
 from .attention_maps import sd_attention_maps
 from .modulation import sd_modulation_maps
 from .passes import extract_sd, unet_eps

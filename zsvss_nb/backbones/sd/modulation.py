@@ -26,18 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map_only
 
-from ...attention import AttentionController
 from ...config import SegmentConfig
 from ...errors import ConfigError
-from ...ops import difference_maps
+from ...kernels.attention import AttentionController
+from ...kernels.ops import difference_maps
 from ..base import ModulationMaps
-from ..common import (
-    autocast,
-    block_stride,
-    check_modulation_steps,
-    decode_dtype,
-    modulation_dtype,
-)
+from ..precision import autocast, decode_dtype, modulation_dtype
+from ..schedule import block_stride, check_modulation_steps
 from .passes import (
     SdFeatureResult,
     cfg_embeddings,

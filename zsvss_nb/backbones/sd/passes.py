@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-from ...attention import AttentionController, ForwardDone, features_only_stop
 from ...config import SegmentConfig
-from ...frames import Geometry
+from ...kernels.attention import AttentionController, ForwardDone, features_only_stop
+from ...kernels.frames import Geometry
 from ..base import DiffusionFeatureResult
-from ..common import Schedule, autocast, query_features, unet_dtype, warn_if_emulated_bf16
+from ..precision import autocast, unet_dtype, warn_if_emulated_bf16
+from ..schedule import Schedule, query_features
 
 if TYPE_CHECKING:
     from .model import StableDiffusion

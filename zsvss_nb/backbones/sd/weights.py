@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, IncompleteModelError, ModelNotFoundError
-from ..common import (
+from ..checkpoints import (
     CHECKPOINT_SUFFIXES,
     file_identity,
     folder_identity,

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...config import SegmentConfig
 from ..base import Backbone
-from ..common import is_tiled, tiled_apply, vae_encode, vae_factor, vae_size_advice
+from ..vae import is_tiled, tiled_apply, vae_encode, vae_factor, vae_size_advice
 from .modulation import svd_modulation_maps
 from .passes import extract_svd
 

@@ -16,18 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...attention import AttentionController
 from ...config import SegmentConfig
 from ...errors import ConfigError
-from ...ops import difference_maps
+from ...kernels.attention import AttentionController
+from ...kernels.ops import difference_maps
 from ..base import ModulationMaps
-from ..common import (
-    autocast,
-    block_stride,
-    check_modulation_steps,
-    decode_dtype,
-    modulation_dtype,
-)
+from ..precision import autocast, decode_dtype, modulation_dtype
+from ..schedule import block_stride, check_modulation_steps
 from .passes import SvdFeatureResult, euler_step, guided_denoised
 
 if TYPE_CHECKING:

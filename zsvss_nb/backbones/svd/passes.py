@@ -26,20 +26,15 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...attention import AttentionController, ForwardDone, features_only_stop
 from ...config import SegmentConfig
 from ...errors import ConfigError
-from ...frames import Geometry
-from ...ops import gaussian_kernel1d
+from ...kernels.attention import AttentionController, ForwardDone, features_only_stop
+from ...kernels.frames import Geometry
+from ...kernels.ops import gaussian_kernel1d
 from ..base import DiffusionFeatureResult
-from ..common import (
-    Schedule,
-    autocast,
-    query_features,
-    unet_dtype,
-    vae_moments,
-    warn_if_emulated_bf16,
-)
+from ..precision import autocast, unet_dtype, warn_if_emulated_bf16
+from ..schedule import Schedule, query_features
+from ..vae import vae_moments
 
 if TYPE_CHECKING:
     from .model import StableVideoDiffusion

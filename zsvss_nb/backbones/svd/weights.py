@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, IncompleteModelError, ModelNotFoundError
-from ..common import (
-    default_device,
+from ..checkpoints import (
     file_identity,
     folder_identity,
     freeze,
@@ -31,6 +30,7 @@ from ..common import (
     split_prefixed,
     write_scheduler_folder,
 )
+from ..precision import default_device
 from .model import (
     SVD_COMPONENTS,
     SVD_LATENT_SCALE,

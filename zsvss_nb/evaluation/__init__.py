@@ -1,0 +1,1 @@
+"""Scoring segmentations: metrics (mIoU, mVC), folder evaluation, reports and method comparison."""

@@ -1,0 +1,2 @@
+"""Reading and writing: videos and their decoders, label and video writers, run outputs,
+provenance."""

@@ -1,0 +1,2 @@
+"""Plain-PyTorch kernels the stages share: attention hooks, token ops, frame geometry,
+resampling."""

@@ -1,0 +1,1 @@
+"""What the notebooks call: model checks, figures (viz), widgets and explorers, feature probing."""

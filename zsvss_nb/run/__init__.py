@@ -1,0 +1,1 @@
+"""Running the method at scale: the CLI, dataset runner, sharding, distribution, threads, bench."""
