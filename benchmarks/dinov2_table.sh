@@ -30,7 +30,7 @@ variant_args() {
   esac
 }
 
-zsvss() { python -m zsvss_nb.run.cli -q "$@"; }
+zsvss() { python -m zsvss_nb -q "$@"; }
 
 for v in a b c d; do
   read -r -a VA <<< "$(variant_args "$v")"

@@ -31,7 +31,7 @@ def moving_box_frames(n: int, h: int = 96, w: int = 128, seed: int = 0) -> np.nd
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     """``zsvss -q ARGS`` in a child process, text pipes for stdout and stderr."""
     return subprocess.Popen(
-        [sys.executable, "-m", "zsvss_nb.run.cli", "-q", *args],
+        [sys.executable, "-m", "zsvss_nb", "-q", *args],
         env=CHILD_ENV,
         cwd=cwd,
         stdout=subprocess.PIPE,

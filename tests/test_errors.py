@@ -365,7 +365,7 @@ def test_cli_subprocesses(tmp_path):
     ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "zsvss_nb.run.cli", *args],
+            [sys.executable, "-m", "zsvss_nb", *args],
             env=CHILD_ENV,
             cwd=tmp_path,
             stdout=subprocess.PIPE,

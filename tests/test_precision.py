@@ -4,7 +4,7 @@ VAE decode in its own dtype, "auto" follows the device, and old manifests load a
 import pytest
 import torch
 
-from zsvss_nb.backbones import precision
+from zsvss_nb.backbones import precision as prec
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
@@ -46,7 +46,7 @@ def test_sd_precision_covers_feature_and_modulated_passes_not_the_decode(tiny, p
     coarse = torch.zeros(2, 4, 4, dtype=torch.long)
     coarse[:, 2:] = 1
     seen = _run_recording(tiny, cfg, _frames(2, 64), coarse)
-    want = precision.PRECISION_DTYPES[precision]
+    want = prec.PRECISION_DTYPES[precision]
     assert seen  # the hooks fired
     feature_unet = {d for s, d in seen if s == "features"}
     assert feature_unet == {want}  # the encoder has no decoder conv_out: UNet only
@@ -71,26 +71,26 @@ def test_svd_precision_covers_its_unet(tiny_svd):
 
 def test_unet_autocast_still_overrides_only_the_modulated_passes(tiny):
     cfg = SegmentConfig.tiny().replace(unet_autocast="bfloat16")
-    assert precision.modulation_dtype(cfg, "cpu") == torch.bfloat16
-    assert precision.unet_dtype(cfg.precision, "cpu") == torch.float32
+    assert prec.modulation_dtype(cfg, "cpu") == torch.bfloat16
+    assert prec.unet_dtype(cfg.precision, "cpu") == torch.float32
     ref = cfg.replace(execution="reference", decode_dtype="bfloat16")
-    assert precision.modulation_dtype(ref, "cpu") == torch.float32  # the reference ignores it
-    assert precision.decode_dtype(ref) == torch.float32
+    assert prec.modulation_dtype(ref, "cpu") == torch.float32  # the reference ignores it
+    assert prec.decode_dtype(ref) == torch.float32
 
 
 def test_auto_follows_the_device(monkeypatch):
-    assert precision.unet_dtype("fp16", "cpu") == torch.float16
-    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert prec.unet_dtype("fp16", "cpu") == torch.float16
+    monkeypatch.setattr(prec, "native_bf16", lambda device: True)
     # pinned decision (issue 18): until bf16's label agreement is measured on sd21-base-random,
     # "auto" keeps a CPU with native bf16 in fp32; AUTO_CPU_BF16 is the one switch
-    assert precision.AUTO_CPU_BF16 is False
-    assert precision.unet_dtype("auto", "cpu") == torch.float32
-    monkeypatch.setattr(precision, "AUTO_CPU_BF16", True)
-    assert precision.unet_dtype("auto", "cpu") == torch.bfloat16
-    assert precision.unet_dtype("auto", "cuda") == torch.float16  # the paper's autocast
-    assert precision.unet_dtype("auto", "mps") == torch.float32
-    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
-    assert precision.unet_dtype("auto", "cpu") == torch.float32
+    assert prec.AUTO_CPU_BF16 is False
+    assert prec.unet_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(prec, "AUTO_CPU_BF16", True)
+    assert prec.unet_dtype("auto", "cpu") == torch.bfloat16
+    assert prec.unet_dtype("auto", "cuda") == torch.float16  # the paper's autocast
+    assert prec.unet_dtype("auto", "mps") == torch.float32
+    monkeypatch.setattr(prec, "native_bf16", lambda device: False)
+    assert prec.unet_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ConfigError, match="precision"):
         SegmentConfig().replace(precision="int8")
 
@@ -128,20 +128,20 @@ def test_precision_on_the_cli_and_in_old_manifests():
 
 def test_half_precisions_the_cpu_would_emulate_warn(monkeypatch, caplog):
     cfg = SegmentConfig.tiny()
-    with caplog.at_level("WARNING", logger=precision.log.name):
-        precision.warn_if_emulated_bf16(cfg, "cpu")
+    with caplog.at_level("WARNING", logger=prec.log.name):
+        prec.warn_if_emulated_bf16(cfg, "cpu")
         assert not caplog.records  # fp32 is silent
-        precision.warn_if_emulated_bf16(cfg.replace(precision="fp16"), "cpu")
+        prec.warn_if_emulated_bf16(cfg.replace(precision="fp16"), "cpu")
         assert "float16 requested (precision=fp16" in caplog.text
         caplog.clear()
-        precision.warn_if_emulated_bf16(cfg.replace(decode_dtype="float16"), "cuda")
+        prec.warn_if_emulated_bf16(cfg.replace(decode_dtype="float16"), "cuda")
         assert not caplog.records  # fp16 is CUDA's precision
-        monkeypatch.setattr(precision, "native_bf16", lambda device: False)
-        precision.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
+        monkeypatch.setattr(prec, "native_bf16", lambda device: False)
+        prec.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
         assert "bfloat16 requested (precision=bf16" in caplog.text
         caplog.clear()
-        monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-        precision.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
+        monkeypatch.setattr(prec, "native_bf16", lambda device: True)
+        prec.warn_if_emulated_bf16(cfg.replace(precision="bf16"), "cpu")
         assert not caplog.records
 
 

@@ -525,7 +525,7 @@ def test_dataset_folder_root_as_out_in_a_real_process(tmp_path):
     root = tmp_path / "root"
     _folder(root)
     before = sha(root)
-    cmd = [sys.executable, "-m", "zsvss_nb.run.cli", "-q", "dataset", "folder", str(root)]
+    cmd = [sys.executable, "-m", "zsvss_nb", "-q", "dataset", "folder", str(root)]
     proc = subprocess.run(
         [*cmd, "--out", str(root), *MODEL],
         env=CHILD_ENV,
@@ -819,7 +819,7 @@ def test_permission_denied_is_one_line_naming_the_path(tmp_path):
         before = sha(frames, locked)
         procs = [
             subprocess.Popen(
-                [*prefix, sys.executable, "-m", "zsvss_nb.run.cli", "-q", *args],
+                [*prefix, sys.executable, "-m", "zsvss_nb", "-q", *args],
                 env=CHILD_ENV,
                 cwd=tmp_path,
                 stdout=subprocess.PIPE,

@@ -402,7 +402,6 @@ def test_segmenter_end_to_end(tiny_svd):
     assert len(torch.cat([r.labels.unique() for r in results]).unique()) <= 3
 
 
-@pytest.mark.skipif(not (ROOT / "zsvss_nb" / "cli.py").exists(), reason="no CLI yet")
 def test_cli_segment_paper_svd(tmp_path):
     clip = tmp_path / "clip"
     clip.mkdir()

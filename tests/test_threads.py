@@ -74,7 +74,7 @@ def test_cli_on_a_busy_machine_runs_passive_with_the_affinity_thread_count():
     with busy_processes(2) as procs:
         assert all(p.poll() is None for p in procs)
         out = subprocess.run(
-            [sys.executable, "-m", "zsvss_nb.run.cli", "info", "--model", "tiny"],
+            [sys.executable, "-m", "zsvss_nb", "info", "--model", "tiny"],
             env=_clean_env(),
             preexec_fn=_one_cpu,
             capture_output=True,
@@ -90,7 +90,7 @@ def test_cli_on_a_busy_machine_runs_passive_with_the_affinity_thread_count():
 
 def test_user_settings_win_and_import_applies_the_policy_before_torch():
     user = subprocess.run(
-        [sys.executable, "-m", "zsvss_nb.run.cli", "info"],
+        [sys.executable, "-m", "zsvss_nb", "info"],
         env=_clean_env(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
