@@ -410,7 +410,7 @@ def test_cli_segment_paper_svd(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "zsvss_nb.run.cli",
+        "zsvss_nb",
         "-q",
         "segment",
         str(clip),
