@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
-from zsvss_nb.notebook.session.viz import read_figure_metadata
 
 from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.base import AttentionMaps, Backbone, FeatureResult
@@ -30,6 +29,7 @@ from zsvss_nb.errors import ConfigError
 from zsvss_nb.evaluation.compare import compare, limit_frames, plan, run_folder, select_videos
 from zsvss_nb.evaluation.metrics import EvalResult
 from zsvss_nb.evaluation.report import Comparison, ComparisonRow, latex_escape
+from zsvss_nb.notebook.viz import read_figure_metadata
 from zsvss_nb.run.cli import main
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -12,7 +12,7 @@ from zsvss_nb.backbones.dinov2 import DinoV2
 from zsvss_nb.backbones.sd.model import StableDiffusion
 from zsvss_nb.errors import ConfigError, ModelNotFoundError
 from zsvss_nb.kernels.frames import geometry_for
-from zsvss_nb.notebook.session import session as notebook
+from zsvss_nb.notebook import session as notebook
 
 SECTIONS = ("Blocks", "Modulation")
 

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from zsvss_nb.errors import InputError, LabelError  # noqa: E402
-from zsvss_nb.notebook.session import viz  # noqa: E402
+from zsvss_nb.notebook import viz  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -643,7 +643,7 @@ def test_viz_and_colors_import_without_matplotlib() -> None:
         import sys
         import zsvss_nb.notebook.viz
         import zsvss_nb.notebook.viz.colors
-        from zsvss_nb.notebook.session.viz import colorize, overlay_panel, palette
+        from zsvss_nb.notebook.viz import colorize, overlay_panel, palette
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
         assert not loaded, loaded
         """
@@ -658,7 +658,7 @@ def test_viz_import_and_figures_leave_the_backend_alone(tmp_path) -> None:
         import numpy as np
 
         before = dict.__getitem__(matplotlib.rcParams, "backend")
-        from zsvss_nb.notebook.session import viz
+        from zsvss_nb.notebook import viz
 
         fig = viz.show_frames(np.zeros((2, 8, 8, 3), dtype=np.uint8))
         paths = viz.save_figure(fig, {str(tmp_path / "fig")!r}, formats=("png", "pdf"))
@@ -672,7 +672,7 @@ def test_viz_import_and_figures_leave_the_backend_alone(tmp_path) -> None:
 
 
 def test_legend_names_come_from_a_mapping_or_a_list_by_id() -> None:
-    from zsvss_nb.notebook.session.viz.colors import VOID_ID, label_text
+    from zsvss_nb.notebook.viz.colors import VOID_ID, label_text
 
     assert label_text(2, ["sky", "road", "car"]) == "2 car"
     assert label_text(2, {2: "car"}) == "2 car"
@@ -681,9 +681,8 @@ def test_legend_names_come_from_a_mapping_or_a_list_by_id() -> None:
 
 
 def test_dataset_names_call_the_datasets_own_ignore_id_void() -> None:
-    from zsvss_nb.notebook.session.viz.colors import label_text
-
     from zsvss_nb.datasets import open_dataset
+    from zsvss_nb.notebook.viz.colors import label_text
 
     camvid = open_dataset("camvid", DATA / "camvid")  # 11 classes, void 11 ignored
     names = viz.dataset_names(camvid)

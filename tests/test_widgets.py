@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from zsvss_nb import SegmentConfig  # noqa: E402
 from zsvss_nb.backbones.base import FeatureResult  # noqa: E402
 from zsvss_nb.errors import ConfigError, InputError  # noqa: E402
-from zsvss_nb.notebook.session import viz, widgets  # noqa: E402
+from zsvss_nb.notebook import viz, widgets  # noqa: E402
 from zsvss_nb.upsample import UpsampleResult  # noqa: E402
 
 
@@ -311,7 +311,7 @@ def test_refine_explorer_counts_surviving_tracks_per_hop_threshold() -> None:
 
 
 def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) -> None:
-    from zsvss_nb.notebook.session import explorer
+    from zsvss_nb.notebook import explorer
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
@@ -332,21 +332,21 @@ def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) 
 def test_take_frames_keeps_names_of_a_frame_folder(tmp_path) -> None:
     for i in range(7):
         Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(tmp_path / f"img{i}.png")
-    clip = widgets.take_frames(tmp_path, 3, start=1, step=2)
+    clip = take_frames(tmp_path, 3, start=1, step=2)
     assert clip.names == ["img1", "img3", "img5"]
     assert clip.read([2])[0, 0, 0, 0].item() == 50
-    assert widgets.take_frames(tmp_path, None).names == [f"img{i}" for i in range(7)]
+    assert take_frames(tmp_path, None).names == [f"img{i}" for i in range(7)]
     with pytest.raises(InputError):
-        widgets.take_frames(tmp_path, 2, start=7)
+        take_frames(tmp_path, 2, start=7)
     with pytest.raises(ConfigError):
-        widgets.take_frames(tmp_path, 0)
+        take_frames(tmp_path, 0)
 
 
 def test_take_frames_of_an_array_keeps_pixels_and_divides_fps() -> None:
     frames = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 3, 8, 8).contiguous()
     from zsvss_nb import open_video
 
-    clip = widgets.take_frames(open_video(frames, fps=30.0), 2, step=3)
+    clip = take_frames(open_video(frames, fps=30.0), 2, step=3)
     assert len(clip) == 2 and clip.fps == 10.0
     assert clip.read([0, 1])[:, 0, 0, 0].tolist() == [0, 3]
 

@@ -295,7 +295,7 @@ def _load_ldm_single(
     """An original (LDM/sgm) SD 1.x/2.x checkpoint such as v2-1_512-ema-pruned.safetensors.
 
     The architecture is read off the tensor shapes and every tensor is mapped by name
-    (:mod:`zsvss_nb.ldm`), so no conversion library and no network are involved.
+    (:mod:`zsvss_nb.backbones.sd.ldm`), so no conversion library and no network are involved.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -187,7 +187,7 @@ def run_benchmark(
     unless ``backbone`` is given); otherwise the modes share one loaded model in-process.
 
     Modes that use bfloat16 are skipped (listed in ``skipped_modes``) on a device without
-    native bf16 (:func:`~zsvss_nb.backbones.native_bf16`) unless ``allow_emulated_bf16``.
+    native bf16 (:func:`~zsvss_nb.backbones.precision.native_bf16`) unless ``allow_emulated_bf16``.
 
     ``load`` > 0 runs the primary mode once more with that many busy processes beside it
     (:func:`~zsvss_nb.run.bench.load.busy_processes`) and reports the loaded/idle ratio (``load``).
