@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 from zsvss_nb import SegmentConfig  # noqa: E402
 from zsvss_nb.backbones.base import FeatureResult  # noqa: E402
 from zsvss_nb.errors import ConfigError, InputError  # noqa: E402
+from zsvss_nb.io.video import take_frames  # noqa: E402
 from zsvss_nb.notebook import viz, widgets  # noqa: E402
 from zsvss_nb.upsample import UpsampleResult  # noqa: E402
 
