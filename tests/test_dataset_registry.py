@@ -31,7 +31,12 @@ from zsvss_nb.datasets import (
 from zsvss_nb.datasets.base import Dataset, layout_error, list_entries, list_images
 from zsvss_nb.errors import ConfigError, DatasetLayoutError, LabelError
 from zsvss_nb.evaluation.evaluate import evaluate_folders, load_prediction
-from zsvss_nb.notebook.viz.colors import dataset_palette, palette_names, resolve_palette
+from zsvss_nb.notebook.viz.colors import (
+    dataset_names,
+    dataset_palette,
+    palette_names,
+    resolve_palette,
+)
 from zsvss_nb.run.cli import main
 
 MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
@@ -167,6 +172,9 @@ def test_the_palettes_read_the_registered_format(pairs, tmp_path):
     np.testing.assert_array_equal(dataset_palette(ds), colours)
     np.testing.assert_array_equal(resolve_palette("pairs"), colours)
     assert "pairs" in palette_names()
+    legend = {0: "sky", 1: "box", 2: "ground", VOID: "void"}
+    assert dataset_names("pairs") == dataset_names(ds) == legend
+    assert dataset_names("camvid")[11] == "void" and dataset_names("no-such-format") == {}
     quiet = dataclasses.replace(PAIRS, name="pairs-plain", palette=None)
     register(quiet)
     try:

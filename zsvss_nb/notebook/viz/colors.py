@@ -125,8 +125,11 @@ def dataset_palette(dataset: Any) -> np.ndarray:
 
 
 def dataset_names(dataset: Any) -> dict[int, str]:
-    """Legend names of a :class:`zsvss_nb.datasets.Dataset`: its class names by id, and "void" at
-    its ignore id (CamVid's 11, not only 255), so GT strips name every id they show."""
+    """Legend names of a :class:`zsvss_nb.datasets.Dataset` or a format name (the registered
+    format's defaults): class names by id, and "void" at the ignore id (CamVid's 11, not only
+    255), so GT strips name every id they show."""
+    if isinstance(dataset, str):
+        dataset = find_format(dataset)
     names = dict(enumerate(getattr(dataset, "class_names", None) or ()))
     ignore = getattr(dataset, "ignore_index", None)
     if ignore is not None:
