@@ -266,11 +266,11 @@ def open_dataset(
     ``num_classes`` / ``ignore_index`` override the format's defaults; ``resolution`` picks the
     DAVIS image folder. A root whose layout does not match raises DatasetLayoutError.
     """
-    reader = lookup(fmt)
+    spec = lookup(fmt)
     r = Path(root)
     if not r.is_dir():
         raise DatasetLayoutError(f"{r}: {fmt} dataset root does not exist or is not a folder")
-    ds = reader.read(reader, r, split, OpenOptions(num_classes, ignore_index, resolution))
+    ds = spec.read(spec, r, split, OpenOptions(num_classes, ignore_index, resolution))
     if num_classes is not None:
         if num_classes < 1:
             raise ConfigError(f"num_classes={num_classes} must be at least 1")
