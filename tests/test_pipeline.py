@@ -12,7 +12,7 @@ from PIL import Image
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import LabelError
 from zsvss_nb.io.video import open_video
-from zsvss_nb.pipeline import FrameResult, Segmenter
+from zsvss_nb.pipeline import FrameResult, Segmenter, WindowLabels
 
 CAMVID = Path(__file__).resolve().parents[1] / "data" / "camvid" / "0016E5_15Hz"
 
@@ -139,3 +139,30 @@ def test_run_with_masked_modulation(tiny, tmp_path):
     assert manifest["stats"]["vae_decodes_per_frame"] > 0
     assert manifest["config"]["upsample"]["method"] == "modulation"
     assert len(list((tmp_path / "labels").glob("*.png"))) == 2
+
+
+class _WindowIndex(Segmenter):
+    """A method written against the hook: every pixel is its frame's index, the coarse map the
+    window's first index, and the context the pipeline hands in is recorded."""
+
+    def label_window(self, window, context, gt, stats):
+        self.contexts.append(context)
+        h, w = window.frames.shape[-2:]
+        labels = torch.tensor(window.indices)[:, None, None].expand(-1, h, w)
+        return WindowLabels(
+            labels, coarse=torch.full((len(window.indices), 2, 2), window.indices[0])
+        )
+
+
+def test_a_method_overrides_label_window_and_gets_the_result_loop(tiny, tmp_path):
+    seg = _WindowIndex(tiny, _cfg(window=3))
+    seg.contexts = []
+    results = list(seg.segment(_synthetic(5), return_debug=True, progress=False))
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]  # the overlap frame 2 once
+    assert all(bool((r.labels == r.index).all()) for r in results)
+    assert [int(r.coarse[0, 0]) for r in results] == [0, 0, 0, 2, 2]  # frame 2 from window 1
+    assert all(r.refined is None and r.diff is None and r.classes is None for r in results)
+    assert len(seg.contexts) == 2 and seg.contexts[0] is seg.contexts[1]  # one per video
+    assert (seg.stats.windows, seg.stats.frames_processed) == (2, 6)
+    plain = list(seg.segment(_synthetic(5), progress=False))
+    assert all(r.coarse is None for r in plain)  # debug maps only when asked

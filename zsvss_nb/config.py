@@ -17,8 +17,6 @@ from typing import Any, ClassVar, Literal
 from .errors import ConfigError
 from .fieldtypes import check_value, choices, field_types, parse_value
 
-STAGES = ("features", "context", "refine", "upsample", "svd")
-
 
 class _Replaceable:
     _stage: ClassVar[str] = ""

@@ -67,6 +67,44 @@ class FrameResult:
 
 
 @dataclass
+class WindowLabels:
+    """One window labelled by :meth:`Segmenter.label_window`: labels [B, H, W] at the original
+    size and what the method has for ``return_debug`` (None where it has none): coarse and
+    refined maps [B, h, w], the unfiltered labels [B, H, W], the normalised difference maps
+    [K, B, H', W'] and the class ids [K] of diff."""
+
+    labels: torch.Tensor
+    coarse: torch.Tensor | None = None
+    refined: torch.Tensor | None = None
+    raw_labels: torch.Tensor | None = None
+    diff: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+
+
+def frame_results(window: Window, labelled: WindowLabels, return_debug: bool) -> list[FrameResult]:
+    """The :class:`FrameResult` of each frame new in ``window`` (overlap frames are skipped),
+    on the CPU, with the debug maps when ``return_debug``."""
+    out = []
+    for j, (index, name) in enumerate(zip(window.indices, window.names, strict=True)):
+        if not bool(window.is_new[j]):
+            continue
+        result = FrameResult(index, labelled.labels[j].cpu(), name=name, frame=window.frames[j])
+        if return_debug:
+            if labelled.coarse is not None:
+                result.coarse = labelled.coarse[j].cpu()
+            if labelled.refined is not None:
+                result.refined = labelled.refined[j].cpu()
+            if labelled.raw_labels is not None:
+                result.raw_labels = labelled.raw_labels[j].cpu()
+            if labelled.diff is not None:
+                result.diff = labelled.diff[:, j].cpu()
+            if labelled.classes is not None:
+                result.classes = labelled.classes.cpu()
+        out.append(result)
+    return out
+
+
+@dataclass
 class RunStats:
     """Cost of a run: seconds per stage, model evaluations, peak memory."""
 
@@ -251,10 +289,17 @@ class Segmenter:
         stats.unet_evals += feats.unet_evals
         return feats
 
-    def _window(self, window, context, gt, return_debug, stats) -> list[FrameResult]:
+    def label_window(
+        self, window: Window, context: Any, gt: torch.Tensor | None, stats: RunStats
+    ) -> WindowLabels:
+        """Label one window: the step a method overrides (:mod:`zsvss_nb.methods`).
+
+        Here VidSeg's stages 1-3. ``context`` is the video's :class:`SceneContext` (or what
+        ``window_context`` wraps it in; a method that keeps no scene context ignores it),
+        ``gt`` the first frame's GT [H, W] (void negative) or None; the seconds, UNet
+        evaluations and decodes spent go into ``stats``.
+        """
         cfg = self.cfg
-        stats.windows += 1
-        stats.frames_processed += len(window.indices)
         feats = self.window_features(window, stats)  # 1. features
         tic = time.perf_counter()
         if not context.initialised:  # 2a. scene context (k-means on the first window)
@@ -275,23 +320,12 @@ class Segmenter:
         stats.add(up.seconds)
         stats.unet_evals += up.unet_evals
         stats.vae_decodes += up.vae_decodes
-        out = []
-        for j, (index, name) in enumerate(zip(window.indices, window.names, strict=True)):
-            if not bool(window.is_new[j]):
-                continue
-            result = FrameResult(
-                index=index, labels=up.labels[j].cpu(), name=name, frame=window.frames[j]
-            )
-            if return_debug:
-                result.coarse = coarse[j].cpu()
-                result.refined = refined[j].cpu()
-                result.classes = up.classes.cpu()
-                if up.raw_labels is not None:
-                    result.raw_labels = up.raw_labels[j].cpu()
-                if up.diff is not None:
-                    result.diff = up.diff[:, j].cpu()
-            out.append(result)
-        return out
+        return WindowLabels(up.labels, coarse, refined, up.raw_labels, up.diff, up.classes)
+
+    def _window(self, window, context, gt, return_debug, stats) -> list[FrameResult]:
+        stats.windows += 1
+        stats.frames_processed += len(window.indices)
+        return frame_results(window, self.label_window(window, context, gt, stats), return_debug)
 
     def run(
         self,

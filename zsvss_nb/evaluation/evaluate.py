@@ -62,8 +62,9 @@ def evaluate_folders(
     first missing frame). Videos without GT are skipped. With ``strict_ids`` a GT id outside
     [0, num_classes) that is not the ignore id is a LabelError naming the file and the id (a
     wrong ``num_classes`` or ignore id would otherwise drop those pixels silently); False keeps
-    the official evaluator's behaviour of not counting them. The default (None) is strict for
-    every format but VSPW, whose official evaluator counts only GT ids in [0, 124) by design.
+    the official evaluator's behaviour of not counting them. The default (None) is the format's
+    ``strict_ids``: strict for every built-in format but VSPW, whose official evaluator counts
+    only GT ids in [0, 124) by design.
     """
     root = Path(pred_root)
     if isinstance(dataset_or_gt_root, Dataset):
@@ -75,7 +76,7 @@ def evaluate_folders(
             )
         ds = open_dataset(fmt, dataset_or_gt_root, split)
     if strict_ids is None:
-        strict_ids = ds.name != "vspw"
+        strict_ids = ds.format is None or ds.format.strict_ids
     c = ds.num_classes if num_classes is None else num_classes
     ign = ds.ignore_index if ignore_index is None else ignore_index
     if c < 1:

@@ -110,13 +110,6 @@ class ConfusionMatrix:
         tp, _, fn = self._tp_fp_fn()
         return _nanmean(_safe_div(tp, tp + fn))
 
-    def fw_iou(self) -> float:
-        """Frequency-weighted IoU (weights = GT pixel share of each class)."""
-        freq = self.matrix.sum(1) / max(int(self.matrix.sum()), 1)
-        iou = self.iou()
-        ok = freq > 0
-        return float((freq[ok] * iou[ok]).sum()) if ok.any() else math.nan
-
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out = np.full(num.shape, np.nan)

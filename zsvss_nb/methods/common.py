@@ -1,10 +1,12 @@
-"""What every method shares: the :class:`Method` record and the loop of frame-wise methods.
+"""What every method shares: the :class:`Method` record and the timing helper.
 
 A method is a :class:`~zsvss_nb.pipeline.Segmenter` (or a subclass of it) plus a few facts the
 runner and the comparison need: which backbone capabilities it needs, whether it takes
 first-frame ground truth, whether its ids are independent per frame, and which settings it
 forces. Because every method is a Segmenter, ``segment`` and ``run`` (label PNGs, colours,
-overlay, manifest) work the same for all of them, and so does the dataset runner.
+overlay, manifest) work the same for all of them, and so does the dataset runner; a method that
+labels windows its own way overrides :meth:`Segmenter.label_window
+<zsvss_nb.pipeline.Segmenter.label_window>` and returns :class:`~zsvss_nb.pipeline.WindowLabels`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..errors import ConfigError
-from ..io.video import Window
-from ..pipeline import FrameResult, RunStats, Segmenter
+from ..pipeline import RunStats, Segmenter
 
 Labels = Literal["either", "clusters", "classes"]
 
@@ -90,38 +89,6 @@ class Method:
         if reason is not None:
             raise ConfigError(reason)
         return self.build(backbone, self.resolve(cfg or backbone.default_config()))
-
-
-class FrameSegmenter(Segmenter):
-    """Base of the methods that label each window themselves (no scene context or refinement).
-
-    Subclasses implement :meth:`window_labels`; this class keeps the Segmenter's video loop
-    (size checks, first-frame GT, windows, OOM message, ``run``) and turns the labels of the
-    window's new frames into :class:`FrameResult`.
-    """
-
-    def window_labels(
-        self, window: Window, gt: torch.Tensor | None, stats: RunStats
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Labels [B, H, W] at the original size, and coarse maps [B, h, w] or None.
-
-        ``gt`` is the first frame's GT [H, W] (void negative) or None; add timings to ``stats``.
-        """
-        raise NotImplementedError
-
-    def _window(self, window, context, gt, return_debug, stats) -> list[FrameResult]:
-        stats.windows += 1
-        stats.frames_processed += len(window.indices)
-        labels, coarse = self.window_labels(window, gt, stats)
-        out = []
-        for j, (index, name) in enumerate(zip(window.indices, window.names, strict=True)):
-            if not bool(window.is_new[j]):
-                continue
-            result = FrameResult(index, labels[j].cpu(), name=name, frame=window.frames[j])
-            if return_debug and coarse is not None:
-                result.coarse = coarse[j].cpu()
-            out.append(result)
-        return out
 
 
 def timed(stats: RunStats, key: str, since: float) -> float:

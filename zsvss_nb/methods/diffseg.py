@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,8 @@ from ..errors import InputError
 from ..io.video import Window
 from ..kernels.frames import Geometry, prepare_window
 from ..kernels.ops import restore_argmax
-from ..pipeline import RunStats
-from .common import FrameSegmenter, Method, timed
+from ..pipeline import RunStats, Segmenter, WindowLabels
+from .common import Method, timed
 
 EPS = 1e-12  # probabilities are clamped here before the log (softmax can underflow to 0)
 
@@ -137,12 +138,13 @@ def proposal_labels(
     return restore_argmax(up[0][:, None], ids, geometry)[0]
 
 
-class DiffSegFrame(FrameSegmenter):
+class DiffSegFrame(Segmenter):
     """Attention maps of ``frames_per_pass`` frames at a time -> aggregate, merge, NMS."""
 
-    def window_labels(
-        self, window: Window, gt: torch.Tensor | None, stats: RunStats
-    ) -> tuple[torch.Tensor, None]:
+    def label_window(
+        self, window: Window, context: Any, gt: torch.Tensor | None, stats: RunStats
+    ) -> WindowLabels:
+        """The window's labels, from its attention maps alone (no scene context kept)."""
         cfg = self.cfg
         tic = time.perf_counter()
         images, geometry = prepare_window(
@@ -161,7 +163,7 @@ class DiffSegFrame(FrameSegmenter):
                 labels.append(proposal_labels(proposals, grid, geometry))
             timed(stats, "merge", tic)
         stats.upsampler = "bilinear"
-        return torch.stack(labels), None
+        return WindowLabels(torch.stack(labels))
 
 
 METHOD = Method(

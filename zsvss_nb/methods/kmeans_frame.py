@@ -13,23 +13,25 @@ table, without that variant's unused k-means of the first window.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from ..config import SegmentConfig
 from ..context import per_frame_kmeans
 from ..io.video import Window
-from ..pipeline import RunStats
+from ..pipeline import RunStats, Segmenter, WindowLabels
 from ..upsample import upsample
-from .common import FrameSegmenter, Method, timed
+from .common import Method, timed
 
 
-class PerFrameKMeans(FrameSegmenter):
+class PerFrameKMeans(Segmenter):
     """Features -> k-means per frame -> ``cfg.upsample.method`` (bilinear or modulation)."""
 
-    def window_labels(
-        self, window: Window, gt: torch.Tensor | None, stats: RunStats
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def label_window(
+        self, window: Window, context: Any, gt: torch.Tensor | None, stats: RunStats
+    ) -> WindowLabels:
+        """The window's labels and, for debugging, its coarse maps (no scene context kept)."""
         feats = self.window_features(window, stats)
         tic = time.perf_counter()
         coarse = per_frame_kmeans(feats.features, self.cfg.context)
@@ -39,7 +41,7 @@ class PerFrameKMeans(FrameSegmenter):
         stats.add(up.seconds)
         stats.unet_evals += up.unet_evals
         stats.vae_decodes += up.vae_decodes
-        return up.labels, coarse
+        return WindowLabels(up.labels, coarse)
 
 
 def configure(cfg: SegmentConfig) -> SegmentConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ from ..errors import ConfigError, LabelError
 from ..io.video import Window
 from ..kernels.frames import to_grid
 from ..kernels.ops import restore_argmax
-from ..pipeline import RunStats
-from .common import FrameSegmenter, Method, timed
+from ..pipeline import RunStats, Segmenter, WindowLabels
+from .common import Method, timed
 
 
 def neighbourhood(grid_hw: tuple[int, int], radius: int, device=None) -> torch.Tensor | None:
@@ -91,7 +92,7 @@ class Memory:
     queue: deque = field(default_factory=deque)
 
 
-class LabelPropagation(FrameSegmenter):
+class LabelPropagation(Segmenter):
     """First-frame GT propagated frame by frame through a queue of previous predictions."""
 
     memory: Memory | None = None
@@ -117,9 +118,10 @@ class LabelPropagation(FrameSegmenter):
             (tokens[0], seg), classes, near, deque(maxlen=self.cfg.propagate.n_last_frames)
         )
 
-    def window_labels(
-        self, window: Window, gt: torch.Tensor | None, stats: RunStats
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def label_window(
+        self, window: Window, context: Any, gt: torch.Tensor | None, stats: RunStats
+    ) -> WindowLabels:
+        """The window's labels and, for debugging, its coarse maps (no scene context kept)."""
         feats = self.window_features(window, stats)
         tic = time.perf_counter()
         b, h, w, c = feats.features.shape
@@ -147,7 +149,7 @@ class LabelPropagation(FrameSegmenter):
         labels = restore_argmax(up, mem.classes, feats.geometry)
         timed(stats, "upsample", tic)
         stats.upsampler = "bilinear"
-        return labels, coarse
+        return WindowLabels(labels, coarse)
 
 
 METHOD = Method(

@@ -311,6 +311,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_format_argument(p: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """The dataset format argument; its choices are the registered formats."""
+    from ..datasets import format_names
+
+    p.add_argument(flag, choices=format_names(), help="dataset format", **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -338,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("dataset", help="segment every video of a dataset (sharded, resumable)")
-    p.add_argument("format", help="vspw, davis, camvid, camvid32, cityscapes or folder")
+    _add_format_argument(p, "format")
     p.add_argument("root", help="dataset root folder")
     p.add_argument("--out", required=True, help="prediction root: PRED/<video>/<frame>.png")
     p.add_argument("--split", default=None, help="split name (e.g. val)")
@@ -361,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="mIoU, mVC8/16 and pixel accuracy of a prediction folder")
     p.add_argument("pred", help="prediction root PRED/<video>/<frame>.png")
     p.add_argument("gt", help="dataset root with ground truth")
-    p.add_argument(
-        "--format", required=True, help="vspw, davis, camvid, camvid32, cityscapes or folder"
-    )
+    _add_format_argument(p, "--format", required=True)
     p.add_argument(
         "--protocol", default="first-frame", choices=["first-frame", "hungarian", "majority"]
     )
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..evaluation.metrics import PROTOCOLS
 
     p = sub.add_parser("compare", help="run several methods on a dataset and tabulate them")
-    p.add_argument("format", help="vspw, davis, camvid, camvid32, cityscapes or folder")
+    _add_format_argument(p, "format")
     p.add_argument("root", help="dataset root folder (with ground truth)")
     p.add_argument("--out", required=True, help="output folder: runs/, comparison.{md,csv,tex}")
     p.add_argument(

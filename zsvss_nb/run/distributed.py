@@ -272,6 +272,7 @@ def _write_manifest(
                 "format": dataset.name,
                 "root": str(dataset.root),
                 "videos_total": len(dataset.videos),
+                "recommended": dataset.recommended,
             },
             "launcher": "ray",
             "method": method,

@@ -273,6 +273,7 @@ def run_dataset(
                 "videos_total": len(dataset.videos),
                 "num_classes": dataset.num_classes,
                 "ignore_index": dataset.ignore_index,
+                "recommended": dataset.recommended,
             },
             "method": method,
             "shard": [rank, world],

@@ -55,11 +55,6 @@ class LdmConfigs:
     text_prefix: str
 
 
-def is_ldm_checkpoint(keys) -> bool:
-    """Whether the key set is an original SD checkpoint (a UNet under model.diffusion_model.)."""
-    return any(k.startswith(UNET_PREFIX) for k in keys)
-
-
 def _sub(state: Tensors, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 

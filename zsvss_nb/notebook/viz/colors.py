@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from ...datasets.base import find_format, formats
 from ...errors import InputError, LabelError
 
 VOID_ID = 255
@@ -61,23 +62,15 @@ _CLUSTER_COLOURS = (
     (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
-# SegNet's CamVid 11-class colours (data/README.md), void (11) black
-CAMVID11_COLOURS = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 0),
-)  # fmt: skip
-# Cityscapes' train-id colours (cityscapesscripts' labels.py), ignore (255) black
-CITYSCAPES_COLOURS = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
-_DATASET_COLOURS = {
-    "camvid": (CAMVID11_COLOURS, (0, 0, 0)),
-    "cityscapes": (CITYSCAPES_COLOURS, (0, 0, 0)),
-}
-PALETTES = ("voc", "clusters", "camvid", "cityscapes", "davis", "vspw")
+
+
+def palette_names() -> tuple[str, ...]:
+    """The names :func:`resolve_palette` takes: "voc", "clusters" and every registered dataset
+    format with colours of its own (:attr:`zsvss_nb.datasets.base.DatasetFormat.palette`)."""
+    return ("voc", "clusters", *(f.name for f in formats() if f.palette is not None))
+
+
+PALETTES = palette_names()  # as registered at import; resolve_palette asks palette_names()
 
 PaletteLike = str | np.ndarray | Sequence[Sequence[int]] | None
 
@@ -111,27 +104,32 @@ def dataset_palette(dataset: Any) -> np.ndarray:
     """A dataset's own class colours, uint8 ``[256, 3]``; ``dataset``: a format name or a
     :class:`zsvss_nb.datasets.Dataset`.
 
-    CamVid (11 classes) and Cityscapes (train ids) use their published colour tables (void /
-    ignore black, as they draw it). DAVIS and VSPW store a palette in their mode "P" masks:
-    that palette is used when the dataset's first label file has one, else the VOC palette the
-    masks are drawn with (DAVIS 2016's 0/255 masks: background black, object red). Other
-    formats get :func:`cluster_palette`.
+    The colours are the registered format's ``palette``: CamVid (11 classes) and Cityscapes
+    (train ids) have published colour tables (void / ignore black, as they draw it). DAVIS and
+    VSPW store a palette in their mode "P" masks: that palette is used when the dataset's first
+    label file has one, else the VOC palette the masks are drawn with (DAVIS 2016's 0/255
+    masks: background black, object red). Formats without colours of their own (and names no
+    format is registered under) get :func:`cluster_palette`.
     """
     name = dataset if isinstance(dataset, str) else str(getattr(dataset, "name", ""))
-    if name in _DATASET_COLOURS:
-        table, void = _DATASET_COLOURS[name]
-        out = np.tile(np.asarray(void, np.uint8), (256, 1))
-        out[: len(table)] = table
+    fmt = find_format(name)
+    colours = None if fmt is None else fmt.palette
+    if colours is None:
+        return cluster_palette(256)
+    if not colours.embedded:
+        out = np.tile(np.asarray(colours.fill, np.uint8), (256, 1))
+        out[: len(colours.table)] = colours.table
         return out
-    if name in ("davis", "vspw"):
-        embedded = None if isinstance(dataset, str) else _embedded_palette(dataset)
-        return palette(256) if embedded is None else embedded
-    return cluster_palette(256)
+    embedded = None if isinstance(dataset, str) else _embedded_palette(dataset)
+    return palette(256) if embedded is None else embedded
 
 
 def dataset_names(dataset: Any) -> dict[int, str]:
-    """Legend names of a :class:`zsvss_nb.datasets.Dataset`: its class names by id, and "void" at
-    its ignore id (CamVid's 11, not only 255), so GT strips name every id they show."""
+    """Legend names of a :class:`zsvss_nb.datasets.Dataset` or a format name (the registered
+    format's defaults): class names by id, and "void" at the ignore id (CamVid's 11, not only
+    255), so GT strips name every id they show."""
+    if isinstance(dataset, str):
+        dataset = find_format(dataset)
     names = dict(enumerate(getattr(dataset, "class_names", None) or ()))
     ignore = getattr(dataset, "ignore_index", None)
     if ignore is not None:
@@ -146,8 +144,9 @@ def resolve_palette(colours: PaletteLike = None) -> np.ndarray:
     if colours is None or (isinstance(colours, str) and colours == "clusters"):
         return cluster_palette(256)
     if isinstance(colours, str):
-        if colours not in PALETTES:
-            raise InputError(f"palette {colours!r}: choose from {PALETTES} or pass an [n, 3] array")
+        names = palette_names()
+        if colours not in names:
+            raise InputError(f"palette {colours!r}: choose from {names} or pass an [n, 3] array")
         return palette(256) if colours == "voc" else dataset_palette(colours)
     arr = np.asarray(colours)
     if arr.ndim != 2 or arr.shape[1] != 3 or not 1 <= arr.shape[0] <= 256:
