@@ -360,7 +360,7 @@ def test_static_html_export_of_an_executed_notebook_shows_each_explorer(tmp_path
     from nbconvert import HTMLExporter
 
     code = (
-        "import torch\nfrom zsvss_nb import widgets\n"
+        "import torch\nfrom zsvss_nb.notebook import widgets\n"
         "widgets.similarity_explorer(torch.randn(2, 4, 6, 8))"
     )
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
