@@ -138,6 +138,7 @@ class BatchPlanner:
     margin: float = SAFETY
     fallback: int = 8  # units per call where the free memory cannot be told
     halvings: int = field(default=0, init=False)
+    measuring: bool = field(default=False, init=False)  # True during the measured call
 
     def free(self) -> int | None:
         return self.budget() if self.budget is not None else free_bytes(self.device)
@@ -167,8 +168,12 @@ class BatchPlanner:
             measure = self.fixed is None and self.key not in self.footprints
             try:
                 if measure:
-                    with LiveBytes() as live:
-                        call(lo, hi)
+                    self.measuring = True
+                    try:
+                        with LiveBytes() as live:
+                            call(lo, hi)
+                    finally:
+                        self.measuring = False
                     self.footprints[self.key] = live.peak / (hi - lo)
                     size = self.planned(total)
                 else:

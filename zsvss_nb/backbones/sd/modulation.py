@@ -261,8 +261,6 @@ def plan(
     runner = backbone
     if ucfg.torch_compile and not reference:
         runner = dataclasses.replace(backbone, unet=compiled_unet(backbone))
-        if batch == AUTO:  # the footprint is measured eagerly, not through compiled code
-            batch = COMPILED_BATCH
     return ModulationPlan(
         backbone,
         feats,
@@ -278,9 +276,6 @@ def plan(
         reference,
         StepValues.of(feats.schedule),
     )
-
-
-COMPILED_BATCH = 8  # triples per call of the compiled UNet under "auto" (see plan)
 
 
 def _mask_at(p: ModulationPlan, stride: int, k: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -327,8 +322,10 @@ def denoise_steps(
     f: torch.Tensor,
     blend: torch.Tensor,
     rows: torch.Tensor | None,
+    runner: StableDiffusion,
 ) -> torch.Tensor:
-    """The step loop of the modulated passes of frames ``f`` [n]: final latents [n, 4, h, w].
+    """The step loop of the modulated passes of frames ``f`` [n]: final latents [n, 4, h, w]
+    (``runner``: the backbone, or its copy with the compiled UNet).
 
     Nothing here reads a tensor back to the host: the schedule is Python floats, and the
     masks, frames and replayed rows were set up once per call (:func:`_chunk_inputs`).
@@ -344,7 +341,7 @@ def denoise_steps(
         if state is not None:
             state.rows = rows if i == feats.prefix_key[0] else None
         eps = unet_eps(
-            p.runner, z, p.at.sigmas[i], p.at.timesteps[i], p.emb, p.cfg.features.guidance_scale
+            runner, z, p.at.sigmas[i], p.at.timesteps[i], p.emb, p.cfg.features.guidance_scale
         )
         z = z + p.at.deltas[i] * eps
         if i in ucfg.blend_steps:
@@ -388,23 +385,22 @@ def unet_loop(p: ModulationPlan) -> tuple[torch.Tensor, int]:
         ctl.plan.modulation_layer = "attn2" if ucfg.tensor == "attn2_out" else "attn1"
         ctl.plan.modulation_steps = frozenset(ucfg.modulation_steps)
         steps = _unet_steps(p)
+        key = ("modulation", *feats.z_start.shape[1:], p.halves, str(p.runner.dtype))
+        fixed = 1 if p.batch == 1 else _pairs_per_call(p.batch)
+        planner = BatchPlanner(backbone.device, key, backbone.footprints, fixed)
 
         def call(idx: torch.Tensor) -> None:
             nonlocal evals
-            finals[idx] = denoise_steps(p, ctl, state, *_chunk_inputs(p, ctl, state, idx))
+            # the footprint is measured through the eager UNet, not through compiled code
+            runner = backbone if planner.measuring else p.runner
+            inputs = _chunk_inputs(p, ctl, state, idx)
+            finals[idx] = denoise_steps(p, ctl, state, *inputs, runner=runner)
             evals += idx.numel() * p.halves * steps
 
         if p.batch == 1:  # the reference's structure: one pass per class and sign
             for idx in _chunks(p.triples, 1, 0):
                 call(idx)
         else:
-            key = ("modulation", *feats.z_start.shape[1:], p.halves, str(p.runner.dtype))
-            planner = BatchPlanner(
-                backbone.device,
-                key,
-                backbone.footprints,
-                fixed=_pairs_per_call(p.batch),
-            )
             planner.run(p.triples.shape[0] // 2, lambda lo, hi: call(torch.arange(2 * lo, 2 * hi)))
     return finals, evals
 
