@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zsvss_nb.io.provenance import machine_info  # noqa: E402
 from zsvss_nb.run.bench import run_benchmark  # noqa: E402
 
 FULL = {"size": 512, "frames": 14, "classes": 10}  # the paper's sizes (issue 28)
@@ -50,11 +51,14 @@ def device_info(device: torch.device) -> dict[str, Any]:
             free_memory_gb=round(free / 2**30, 2),
             capability=f"{props.major}.{props.minor}",
             cuda=torch.version.cuda,
+            # "fp32" convolutions use TF32 on Ampere and later unless this is False
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
         )
     else:
-        info.update(
-            name=platform.processor() or platform.machine(), threads=torch.get_num_threads()
-        )
+        machine = machine_info()
+        info.update(name=machine.get("cpu_model") or platform.machine(), isa=machine.get("isa"))
+        info.update(threads=torch.get_num_threads())
     return info
 
 
@@ -95,7 +99,9 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 
 def smoke(model: str, device: str, sizes: dict[str, int]) -> dict[str, Any]:
     """The real pipeline end to end on ``model`` (default mode), checked, summarised."""
-    result = run_benchmark(model, modes=("default",), device=device, overlay=False, **sizes)
+    result = run_benchmark(
+        model, modes=("default",), device=device, overlay=False, isolate=False, **sizes
+    )
     run = result["runs"]["default"]
     if result["backbone"]["device"].split(":")[0] != torch.device(device).type:
         raise RuntimeError(f"{model} ran on {result['backbone']['device']}, not {device}")
@@ -107,7 +113,13 @@ def smoke(model: str, device: str, sizes: dict[str, int]) -> dict[str, Any]:
 def bench(model: str, device: str, sizes: dict[str, int]) -> dict[str, Any]:
     """The bench's modes on one loaded model with float32 weights."""
     result = run_benchmark(
-        model, modes=BENCH_MODES, device=device, dtype="float32", isolate=False, **sizes
+        model,
+        modes=BENCH_MODES,
+        device=device,
+        dtype="float32",
+        isolate=False,
+        overlay=False,
+        **sizes,
     )
     return {
         "model": model,
