@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
-from .fieldtypes import check_value, choices, field_types, parse_value
+from .fieldtypes import batch_size, check_value, choices, field_types, parse_value
 
 STAGES = ("features", "context", "refine", "upsample", "svd")
 
@@ -177,15 +177,6 @@ class RefineConfig(_Replaceable):
             raise ConfigError(f"hop_threshold={self.hop_threshold} must be >= 0")
 
 
-def _batch_size(name: str, value: Any) -> int | str:
-    """A batch field's value: "auto", or an integer >= 0 (also given as text, from the CLI)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise ConfigError(f"upsample.{name}={value!r}: use auto or an integer >= 0 (0 = all at once)")
-
-
 @dataclass(frozen=True)
 class UpsampleConfig(_Replaceable):
     """Stage 3: masked modulation (METHOD 1.7) or a cheap baseline.
@@ -252,7 +243,7 @@ class UpsampleConfig(_Replaceable):
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"blur_kernel={self.blur_kernel} must be odd and positive")
         for name in ("modulation_batch", "decode_batch"):
-            object.__setattr__(self, name, _batch_size(name, getattr(self, name)))
+            object.__setattr__(self, name, batch_size(f"upsample.{name}", getattr(self, name)))
         if self.lam == 0:
             raise ConfigError("lam=0 modulates nothing: every difference map would be 0")
         if self.blur_sigma <= 0:
