@@ -78,6 +78,8 @@ def run(tiny, feats):
     cache: dict = {}
 
     def go(classes: tuple[int, ...] | None = None, **changes):
+        # a fixed batch, so the tests below can count UNet calls; "auto" is compared below
+        changes.setdefault("modulation_batch", 8)
         key = (classes, tuple(sorted(changes.items())))
         if key in cache:
             return cache[key]
@@ -126,9 +128,10 @@ def test_batched_equals_sequential_and_chunked(run):
     base, _, _ = run(SUB)
     seq, _, _ = run(SUB, modulation_batch=1)
     chunk, _, _ = run(SUB, modulation_batch=4)
+    auto, _, _ = run(SUB, modulation_batch="auto")
     assert base.labels.shape == (B, S, S) and base.diff.shape == (2, B, S, S)
     assert torch.equal(base.classes, torch.tensor(SUB))
-    for other in (seq, chunk):
+    for other in (seq, chunk, auto):
         assert torch.equal(other.classes, base.classes)
         assert torch.equal(other.labels, base.labels)
         assert torch.equal(other.raw_labels, base.raw_labels)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
-from .fieldtypes import check_value, choices, field_types, parse_value
+from .fieldtypes import batch_size, check_value, choices, field_types, parse_value
 
 
 class _Replaceable:
@@ -199,14 +199,16 @@ class UpsampleConfig(_Replaceable):
     blur_sigma: float = 3.0  # METHOD 1.7: sigma 3
     outside_weight: float = 0.7  # METHOD 1.7 step 5: filtered output weight outside the mask
     output: Literal["filtered", "raw"] = "filtered"  # METHOD 1.7: the more plausible one
-    modulation_batch: int = 8  # (class, sign, frame) triples per UNet call (16 samples with
-    # CFG); bounds memory, not results; 0 = all at once
+    modulation_batch: int | Literal["auto"] = "auto"  # (class, sign, frame) triples per UNet
+    # call (x2 samples with CFG); bounds memory, not results; "auto": planned from the device's
+    # free memory (backbones/memory.py); 0 = all at once
     execution: Literal["batched", "reference"] = "batched"  # "reference": the reference code's
     # structure (one pass per class and sign over all frames, every frame decoded, the
     # unmodulated pass decoded too, fp32 VAE) without its disk traffic, for benchmarks
     skip_empty: bool = True  # skip (class, frame) pairs whose mask is empty: their D is 0
     decode_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # METHOD 1.8: fp32 VAE
-    decode_batch: int = 4  # frames per VAE decode call ("batched" only); bounds memory, 0 = all
+    decode_batch: int | Literal["auto"] = "auto"  # frames per VAE decode call ("batched"
+    # only); bounds memory, not results; "auto": planned from free memory; 0 = all
     decode_margin: int | None = None  # None: decode whole frames (METHOD 1.7); N (beyond the
     # paper, "batched" only): decode each (class, frame) pair on its mask's bounding box grown
     # by N latent cells (8 px each), D = 0 outside it
@@ -238,10 +240,8 @@ class UpsampleConfig(_Replaceable):
         super().__post_init__()
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ConfigError(f"blur_kernel={self.blur_kernel} must be odd and positive")
-        if self.modulation_batch < 0:
-            raise ConfigError("modulation_batch must be >= 0 (0 = everything in one batch)")
-        if self.decode_batch < 0:
-            raise ConfigError("decode_batch must be >= 0 (0 = every frame in one decode)")
+        for name in ("modulation_batch", "decode_batch"):
+            object.__setattr__(self, name, batch_size(f"upsample.{name}", getattr(self, name)))
         if self.lam == 0:
             raise ConfigError("lam=0 modulates nothing: every difference map would be 0")
         if self.blur_sigma <= 0:

@@ -97,3 +97,12 @@ def parse_value(tp: Any, text: str, name: str) -> Any:
 def parse_names(text: str | None) -> list[str] | None:
     """A comma-separated option (``--methods a,b``) as its names; None when not given."""
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def batch_size(name: str, value: Any) -> int | str:
+    """A batch-size field's value: "auto", or an integer >= 0 (also as text, from the CLI)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ConfigError(f"{name}={value!r}: use auto or an integer >= 0 (0 = all at once)")

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone, FeatureResult
+from .backbones.memory import is_out_of_memory
 from .config import SegmentConfig
 from .context import SceneContext
 from .datasets import load_gt
@@ -135,16 +136,6 @@ class RunStats:
             "peak_rss_gb": peak_rss_gb(),
             "peak_device_gb": peak_device_gb(),
         }
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """torch.OutOfMemoryError (CUDA), or the plain RuntimeError of the CPU and MPS allocators."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
 
 
 def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:

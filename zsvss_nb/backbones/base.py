@@ -121,6 +121,8 @@ class Backbone:
     dtype: torch.dtype
     identity: dict[str, Any]
     _fingerprint: str | None = field(default=None, repr=False, kw_only=True)
+    # bytes per unit of work measured by backbones.memory.BatchPlanner, keyed by call and shape
+    footprints: dict[tuple, float] = field(default_factory=dict, repr=False, kw_only=True)
 
     size_multiple: ClassVar[int] = 64  # input sides must be multiples of this (METHOD 1.1)
     feature_stride: ClassVar[int] = 16  # pixels per feature cell (decoder blocks 6-8: H/16)

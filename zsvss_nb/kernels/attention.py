@@ -89,6 +89,9 @@ class AttentionPlan:
     modulation_layer: str | tuple[str, ...] = "attn2"
     modulation_steps: frozenset[int] = frozenset()
     halves: int = 2  # 2 with classifier-free guidance ([uncond; cond]), 1 without
+    frame_groups: list[tuple[int, torch.Tensor]] | None = None  # inject_frames grouped
+    # (:func:`frame_groups`), set with them so the hooks never read frames back to the host
+    context_per_half: bool = False  # True: the caller gives one context per CFG half
     stop_after: tuple[int, int, str, str] | None = None  # (step, block, layer, kind): ForwardDone
 
 
@@ -155,14 +158,7 @@ class AttentionController:
 
     def _replay(self, stored: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         frames = self.plan.inject_frames
-        if frames is None:
-            replay = stored
-        elif frames.numel() == stored.shape[1] and bool(
-            (frames == torch.arange(stored.shape[1], device=frames.device)).all()
-        ):
-            replay = stored
-        else:
-            replay = stored.index_select(1, frames)
+        replay = stored if frames is None else stored.index_select(1, frames)
         replay = replay.flatten(0, 1).to(output.dtype)
         if replay.shape != output.shape:
             raise RuntimeError(
@@ -217,6 +213,16 @@ class AttentionController:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def frame_groups(frames: torch.Tensor, device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """(frame, rows of ``frames`` [n] that replay it, on ``device``) per distinct frame, in
+    ascending frame order: how :class:`SharedProbabilities` shares a frame's probabilities."""
+    uniq, inverse = torch.unique(frames.cpu(), return_inverse=True)
+    return [
+        (int(frame), (inverse == j).nonzero()[:, 0].to(device))
+        for j, frame in enumerate(uniq.tolist())
+    ]
 
 
 class SharedProbabilities:
@@ -275,8 +281,8 @@ class SharedProbabilities:
             and hidden_states.ndim == 3
             and hidden_states.shape[0] % halves == 0
         )
-        if usable and k is None:  # cross-attention: one context per CFG half
-            per_half = context.unflatten(0, (halves, -1))
+        if usable and k is None and not plan.context_per_half:  # cross-attention: one
+            per_half = context.unflatten(0, (halves, -1))  # context per CFG half?
             usable = bool((per_half == per_half[:, :1]).all())
         if not usable:
             if temb is not None:
@@ -286,16 +292,18 @@ class SharedProbabilities:
             )
         n, tokens = hidden_states.shape[:2]
         per_half = n // halves
-        frames = plan.inject_frames
-        if frames is None:
-            frames = torch.arange(per_half, device=hidden_states.device)
+        groups = plan.frame_groups
+        if groups is None:
+            frames = plan.inject_frames
+            if frames is None:
+                frames = torch.arange(per_half)
+            groups = frame_groups(frames, hidden_states.device)
         value = attn.to_v(context)
         out = value.new_empty(n, tokens, value.shape[-1])
-        uniq, inverse = torch.unique(frames, return_inverse=True)
         for h in range(halves):
             keys = k[h] if k is not None else attn.to_k(context[h * per_half][None])
-            for j, frame in enumerate(uniq.tolist()):
-                rows = h * per_half + (inverse == j).nonzero()[:, 0]
+            for frame, where in groups:
+                rows = h * per_half + where
                 key = keys[frame] if k is not None else keys[0]
                 out[rows] = self._attend(attn, q[h, frame], key, value[rows])
         out = attn.to_out[0](out)  # the modulation hook adds its mask here

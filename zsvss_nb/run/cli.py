@@ -99,9 +99,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=None, help="modulation strength (paper: 50)")
     p.add_argument(
         "--modulation-batch",
-        type=int,
         default=None,
-        help="(class, sign, frame) triples per UNet call; 0 = all",
+        help="(class, sign, frame) triples per UNet call: auto (default: from free memory), "
+        "N, or 0 = all",
     )
     p.add_argument(
         "--ignore-index",

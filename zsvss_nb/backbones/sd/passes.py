@@ -12,8 +12,9 @@ used, so that UNet call stops there (exact; ``attention.ForwardDone``).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,9 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from ...config import SegmentConfig
-from ...kernels.attention import AttentionController, ForwardDone, features_only_stop
 from ...kernels.frames import Geometry
 from ..base import DiffusionFeatureResult
-from ..precision import autocast, unet_dtype, warn_if_emulated_bf16
+from ..denoise import StepValues, feature_capture, feature_pass
 from ..schedule import Schedule, query_features
 
 if TYPE_CHECKING:
@@ -145,14 +145,45 @@ def _before_modulation(key: tuple, prefix_key: tuple[int, int, str] | None) -> b
     )
 
 
-def _prefix_hook(store: dict[str, Any], name: str, plan, step: int):
-    """Forward hook keeping ``name``'s output (a tensor or tuple of tensors) at ``step``."""
+@contextlib.contextmanager
+def record_prefix(
+    unet: nn.Module, prefix_key: tuple[int, int, str] | None, plan, store: dict[str, Any]
+) -> Iterator[None]:
+    """While the block runs, keep the outputs of :func:`prefix_modules` at the replayed step
+    in ``store`` (tensors or tuples of tensors, keyed by module path)."""
+    handles = []
+    if prefix_key is not None:
+        step = prefix_key[0]
+        for name, module in prefix_modules(unet, *prefix_key[1:]).items():
 
-    def hook(_module: nn.Module, _inputs, output):
-        if plan.step == step:
-            store[name] = tree_map_only(torch.Tensor, lambda t: t.detach(), output)
+            def hook(_module: nn.Module, _inputs, output, name: str = name):
+                if plan.step == step:
+                    store[name] = tree_map_only(torch.Tensor, lambda t: t.detach(), output)
 
-    return hook
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _capture_plan(
+    cfg: SegmentConfig, keep: bool, extra_blocks: Iterable[int]
+) -> tuple[list[int], dict, tuple[int, int, str] | None]:
+    """Feature blocks, what to capture at which steps, and the replayed prefix's key."""
+    fcfg = cfg.features
+    feature_blocks, capture = feature_capture(fcfg, extra_blocks)
+    steps = set(range(fcfg.start_step, fcfg.num_inference_steps))
+    prefix_key = prefix_plan(cfg) if keep else None
+    if keep and cfg.upsample.inject:
+        for b in cfg.upsample.injected_blocks:
+            # attn2 k is to_k(text embedding): identical in every pass, so it is not stored.
+            for kind_key in ((b, "attn1", "q"), (b, "attn1", "k"), (b, "attn2", "q")):
+                capture.setdefault(kind_key, set()).update(
+                    s for s in steps if not _before_modulation((s, *kind_key), prefix_key)
+                )
+    return feature_blocks, capture, prefix_key
 
 
 @torch.inference_mode()
@@ -179,83 +210,48 @@ def extract_sd(
     seconds["encode"] = time.perf_counter() - tic
 
     keep = cfg.upsample.method == "modulation" if keep_cache is None else keep_cache
-    feature_blocks = sorted({*fcfg.blocks, fcfg.refine_block, *extra_blocks})
-    capture: dict[tuple[int, str, str], set[int]] = {
-        (b, "attn1", "q"): {fcfg.feature_step} for b in feature_blocks
-    }
-    steps = set(range(fcfg.start_step, fcfg.num_inference_steps))
-    prefix_key = prefix_plan(cfg) if keep else None
-    if keep and cfg.upsample.inject:
-        for b in cfg.upsample.injected_blocks:
-            # attn2 k is to_k(text embedding): identical in every pass, so it is not stored.
-            for kind_key in ((b, "attn1", "q"), (b, "attn1", "k"), (b, "attn2", "q")):
-                capture.setdefault(kind_key, set()).update(
-                    s for s in steps if not _before_modulation((s, *kind_key), prefix_key)
-                )
+    feature_blocks, capture, prefix_key = _capture_plan(cfg, keep, extra_blocks)
     emb = cfg_embeddings(backbone, fcfg.prompt, fcfg.guidance_scale)
-    blocks_hooked = sorted({k[0] for k in capture})
+    at = StepValues.of(schedule)
+
+    def step(i: int, z: torch.Tensor) -> torch.Tensor:
+        eps = unet_eps(backbone, z, at.sigmas[i], at.timesteps[i], emb, fcfg.guidance_scale)
+        return z + at.deltas[i] * eps
 
     tic = time.perf_counter()
-    latents: dict[int, torch.Tensor] = {}
     prefix: dict[str, Any] = {}
-    warn_if_emulated_bf16(cfg, backbone.device)
-    precision = autocast(backbone.device, unet_dtype(cfg.precision, backbone.device))
-    stop = None if keep else features_only_stop(capture)
-    last_step = fcfg.num_inference_steps - 1 if stop is None else stop[0]
-    with AttentionController(backbone.unet, blocks_hooked) as ctl, precision:
-        ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
-        ctl.plan.halves = emb.shape[0]
-        ctl.plan.stop_after = stop
-        handles = []
-        if prefix_key is not None:
-            for name, module in prefix_modules(backbone.unet, *prefix_key[1:]).items():
-                handles.append(
-                    module.register_forward_hook(
-                        _prefix_hook(prefix, name, ctl.plan, prefix_key[0])
-                    )
-                )
-        try:
-            for i in range(fcfg.start_step, last_step + 1):
-                ctl.plan.step = i
-                try:
-                    eps = unet_eps(
-                        backbone,
-                        z,
-                        float(schedule.sigmas[i]),
-                        float(schedule.timesteps[i]),
-                        emb,
-                        fcfg.guidance_scale,
-                    )
-                except ForwardDone:
-                    break  # features only: every wanted q is stored, the rest is unused
-                z = z + (schedule.sigmas[i + 1] - schedule.sigmas[i]).item() * eps
-                if keep:
-                    latents[i] = z
-        finally:
-            for handle in handles:
-                handle.remove()
-        stored = ctl.stored
+    done = feature_pass(
+        backbone.unet,
+        backbone.device,
+        cfg,
+        z,
+        step,
+        capture,
+        emb.shape[0],
+        keep,
+        hooks=lambda ctl: record_prefix(backbone.unet, prefix_key, ctl.plan, prefix),
+    )
     seconds["feature_pass"] = time.perf_counter() - tic
 
     cache = {}
     if keep and cfg.upsample.inject:
         cache = {
             k: v
-            for k, v in stored.items()
+            for k, v in done.stored.items()
             if k[0] >= fcfg.start_step
             and k[1] in cfg.upsample.injected_blocks
             and not _before_modulation(k, prefix_key)
         }
     return SdFeatureResult(
-        **query_features(stored, fcfg, feature_blocks, tuple(images.shape[-2:])),
+        **query_features(done.stored, fcfg, feature_blocks, tuple(images.shape[-2:])),
         images=images,
         geometry=geometry,
         z_start=z_start,
-        latents=latents,
+        latents=done.latents,
         cache=cache,
         schedule=schedule,
         sigma_start=sigma,
-        unet_evals=(last_step + 1 - fcfg.start_step) * emb.shape[0] * z.shape[0],
+        unet_evals=(done.last_step + 1 - fcfg.start_step) * emb.shape[0] * z.shape[0],
         seconds=seconds,
         prefix=prefix,
         prefix_key=prefix_key if prefix else None,

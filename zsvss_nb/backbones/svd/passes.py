@@ -28,11 +28,10 @@ import torch.nn.functional as F
 
 from ...config import SegmentConfig
 from ...errors import ConfigError
-from ...kernels.attention import AttentionController, ForwardDone, features_only_stop
 from ...kernels.frames import Geometry
 from ...kernels.ops import gaussian_kernel1d
 from ..base import DiffusionFeatureResult
-from ..precision import autocast, unet_dtype, warn_if_emulated_bf16
+from ..denoise import StepValues, feature_capture, feature_pass
 from ..schedule import Schedule, query_features
 from ..vae import vae_moments
 
@@ -221,7 +220,7 @@ def guided_denoised(
     emb, concat, ids = cond.batch(n, frames, backbone.dtype)
     x = (z * c_in).to(backbone.dtype).repeat(cond.halves, 1, 1, 1, 1)
     x = torch.cat([x, concat], dim=2)
-    t = torch.tensor(float(timestep), device=x.device)
+    t = torch.full((), float(timestep), device=x.device)  # a fill, no host-to-device copy
     out = backbone.unet(x, t, encoder_hidden_states=emb, added_time_ids=ids).sample.float()
     if cond.halves == 2:
         out_u, out_c = out.chunk(2)
@@ -280,44 +279,34 @@ def extract_svd(
     seconds["encode"] = time.perf_counter() - tic
 
     keep = cfg.upsample.method == "modulation" if keep_cache is None else keep_cache
-    feature_blocks = sorted({*fcfg.blocks, fcfg.refine_block, *extra_blocks})
-    capture: dict[tuple[int, str, str], set[int]] = {
-        (b, "attn1", "q"): {fcfg.feature_step} for b in feature_blocks
-    }
+    feature_blocks, capture = feature_capture(fcfg, extra_blocks)
     steps = set(range(fcfg.start_step, fcfg.num_inference_steps))
     inject = keep and cfg.upsample.inject
     if inject:
         for b in cfg.upsample.injected_blocks:
             for kind in ("q", "k"):
                 capture.setdefault((b, "tattn1", kind), set()).update(steps)
-    layers = ("attn1", "tattn1") if inject else ("attn1",)
+    at = StepValues.of(schedule)
 
-    stop = None if keep else features_only_stop(capture)
-    last_step = fcfg.num_inference_steps - 1 if stop is None else stop[0]
+    def step(i: int, z: torch.Tensor) -> torch.Tensor:
+        den = guided_denoised(backbone, z, at.sigmas[i], at.timesteps[i], cond)
+        return euler_step(z, den, at.sigmas[i], at.sigmas[i + 1])
+
     tic = time.perf_counter()
-    latents: dict[int, torch.Tensor] = {}
-    z = z_start[None]
-    warn_if_emulated_bf16(cfg, backbone.device)
-    precision = autocast(backbone.device, unet_dtype(cfg.precision, backbone.device))
-    with (
-        AttentionController(backbone.unet, sorted({k[0] for k in capture}), layers) as ctl,
-        precision,
-    ):
-        ctl.plan.capture = {k: frozenset(v) for k, v in capture.items()}
-        ctl.plan.halves = cond.halves
-        ctl.plan.stop_after = stop
-        for i in range(fcfg.start_step, last_step + 1):
-            ctl.plan.step = i
-            s, s_next = float(schedule.sigmas[i]), float(schedule.sigmas[i + 1])
-            try:
-                den = guided_denoised(backbone, z, s, float(schedule.timesteps[i]), cond)
-            except ForwardDone:
-                break  # features only: every wanted q is stored, the rest is unused
-            z = euler_step(z, den, s, s_next)
-            if keep:
-                latents[i] = z[0]
-        stored = ctl.stored
+    done = feature_pass(
+        backbone.unet,
+        backbone.device,
+        cfg,
+        z_start[None],
+        step,
+        capture,
+        cond.halves,
+        keep,
+        layers=("attn1", "tattn1") if inject else ("attn1",),
+        latent=lambda z: z[0],
+    )
     seconds["feature_pass"] = time.perf_counter() - tic
+    stored, last_step = done.stored, done.last_step
 
     cache = {}
     if inject:
@@ -327,7 +316,7 @@ def extract_svd(
         images=images,
         geometry=geometry,
         z_start=z_start,
-        latents=latents,
+        latents=done.latents,
         cache=cache,
         schedule=schedule,
         sigma_start=sigma,

@@ -67,6 +67,8 @@ MODES: dict[str, dict[str, Any]] = {
     "no-cfg": {"modulation_cfg": False},
     "neighbourhood": {"neighbourhood_classes": True},
     "compile": {"torch_compile": True},
+    "batch-8": {"modulation_batch": 8, "decode_batch": 4},  # the fixed sizes before "auto"
+    "batch-all": {"modulation_batch": 0, "decode_batch": 0},  # everything in one call
 }
 
 
