@@ -20,11 +20,24 @@ from .fieldtypes import check_value, choices, field_types, parse_value
 STAGES = ("features", "context", "refine", "upsample", "svd")
 
 
+SEED_RANGE = (0, 2**63 - 1)  # what torch.Generator.manual_seed takes
+
+
 class _Replaceable:
+    """Base of the stage configs: every field type-checked, every number range-checked.
+
+    ``_ranges`` gives each float field (and each seed) its valid range, inclusive: values the
+    stage survives in the dtype it computes in (float32, or float16 under autocast), so a
+    finite but extreme value fails here, naming the field, instead of giving all-zero labels.
+    Every float field must have one (``fieldtypes.check_value`` checks finiteness only).
+    """
+
     _stage: ClassVar[str] = ""
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __post_init__(self) -> None:
-        """Type-check every field against its annotation (see :func:`check_value`)."""
+        """Type-check every field against its annotation (see :func:`check_value`), then its
+        range (``_ranges``)."""
         types = field_types(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
@@ -32,6 +45,20 @@ class _Replaceable:
             checked = check_value(types[f.name], value, name)
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
+            self.check_range(f.name, checked)
+
+    @classmethod
+    def check_range(cls, name: str, value: Any) -> Any:
+        """``value`` when it lies in field ``name``'s documented range (None passes), else a
+        ConfigError; stages call it on the values they divide by or exponentiate."""
+        bounds = cls._ranges.get(name)
+        if bounds is None or value is None or isinstance(value, bool):
+            return value
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            full = f"{cls._stage}.{name}" if cls._stage else name
+            raise ConfigError(f"{full}={value!r} must lie in [{lo:g}, {hi:g}]")
+        return value
 
     def replace(self, **changes: Any):
         """A copy with ``changes`` applied (fields are validated again)."""
@@ -66,6 +93,10 @@ class FeatureConfig(_Replaceable):
     """Stage 1: noising, the feature pass and which attention tensors become features."""
 
     _stage: ClassVar[str] = "features"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "guidance_scale": (0.0, 100.0),  # CFG: noise + s (cond - uncond) stays finite in fp16
+        "seed": SEED_RANGE,
+    }
 
     num_inference_steps: int = 25  # METHOD 1.2: 25 Euler steps, trailing spacing
     start_step: int = 22  # METHOD 1.2: t* = step index 22 (DDPM t = 119, sigma 0.387)
@@ -121,6 +152,11 @@ class ContextConfig(_Replaceable):
     """Stage 2a: k-means initialisation and the autoregressive KNN scene context model."""
 
     _stage: ClassVar[str] = "context"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "kmeans_tol": (0.0, 1.0),  # relative to the features' variance
+        "spawn_threshold": (1e-6, 1e4),  # a feature distance (normalised features)
+        "seed": SEED_RANGE,
+    }
 
     k: int = 20  # METHOD 1.4: --num_masks 20 for VSPW
     n_init: int = 10  # METHOD 1.4: sklearn KMeans(n_init=10)
@@ -188,6 +224,13 @@ class UpsampleConfig(_Replaceable):
     """
 
     _stage: ClassVar[str] = "upsample"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "lam": (-1000.0, 1000.0),  # scales attention outputs: 1000x stays finite in fp16
+        "blur_sigma": (0.01, 100.0),  # Gaussian taps exp(-(x / sigma)^2 / 2)
+        "outside_weight": (0.0, 1.0),
+        "bilateral_sigma_space": (0.01, 100.0),  # coarse cells; 1 / (2 sigma^2) in float32
+        "bilateral_sigma_color": (0.001, 100.0),  # [0, 1] RGB; 1 / (2 sigma^2) in float32
+    }
 
     method: Literal["modulation", "bilinear", "nearest", "bilateral"] = "modulation"
     lam: float = 50.0  # METHOD 1.7: lambda = 50 on the CLI (sample() default 10 is overridden)
@@ -266,6 +309,10 @@ class SvdConfig(_Replaceable):
     """
 
     _stage: ClassVar[str] = "svd"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "cond_aug": (0.0, 10.0),  # noise std on the conditioning frame (paper 0.02)
+        "min_guidance_scale": (0.0, 100.0),  # as features.guidance_scale
+    }
 
     fps_id: int = 14  # METHOD 1.2: the UNet's first added time id (diffusers' pipeline: fps - 1)
     motion_bucket_id: int = 127  # METHOD 1.2: second added time id
@@ -296,6 +343,11 @@ class DiffSegConfig(_Replaceable):
     KL threshold 1.1 (COCO-Stuff; 0.9 for Cityscapes) and leaves the K-means refinement off.
     """
 
+    _stage: ClassVar[str] = "diffseg"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "kl_threshold": (1e-6, 1e3),  # a symmetric KL between attention maps (float32)
+    }
+
     timestep: int = 300  # DiffSeg: attention maps from one UNet call at t = 300
     add_noise: bool = False  # the official code feeds the clean latent; True: DDPM-noise it
     anchors: int = 16  # DiffSeg: M = 16, an M x M anchor grid (256 anchors)
@@ -305,6 +357,7 @@ class DiffSegConfig(_Replaceable):
     frames_per_pass: int = 1  # frames per attention pass; bounds memory, not results
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.timestep < 1000:
             raise ConfigError(f"diffseg timestep={self.timestep} must lie in [0, 1000)")
         if self.anchors < 1 or self.merge_iters < 1 or self.frames_per_pass < 1:
@@ -324,12 +377,18 @@ class PropagateConfig(_Replaceable):
     as context, top-5 neighbours within 12 cells, softmax temperature 0.1.
     """
 
+    _stage: ClassVar[str] = "propagate"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "temperature": (1e-3, 100.0),  # softmax(cos / T): |cos / T| <= 1000 in float32
+    }
+
     n_last_frames: int = 7  # DINO: --n_last_frames 7 (plus the first frame, always kept)
     radius: int = 12  # DINO: --size_mask_neighborhood 12 (cells, a square window)
     topk: int = 5  # DINO: --topk 5
     temperature: float = 0.1  # DINO: exp(cos / 0.1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n_last_frames < 0 or self.radius < 0:
             raise ConfigError("propagate n_last_frames and radius must be >= 0")
         if self.topk < 1:

@@ -11,9 +11,10 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from typing import Any
 
-from ..errors import ConfigError, ZsvssError, os_problem
+from ..errors import ConfigError, InterruptedAfterPublish, ZsvssError, os_problem
 
 log = logging.getLogger("zsvss")
 
@@ -125,14 +126,58 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_device(text: str | None) -> None:
+    """``--device`` names a device this torch can use (None: the default), or a ConfigError."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(
+            f"--device {text!r}: not a device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {text}: this torch has no usable CUDA device "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {text}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {text}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {text}: zsvss runs on cpu, cuda or mps")
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_disjoint, check_output_folder, claim_output
+
+    # the model's default config needs the backbones (torch): built under the lock then
+    cfg = build_config(args) if args.preset is not None else None
+    # what needs no video and no torch first, then the lock, held to the end: a second run
+    # on the same --out, or one inside or around it, is refused before either loads a model
+    gt = [args.first_frame_gt] if args.first_frame_gt is not None else []
+    check_disjoint(args.out, [args.video, *gt])
+    check_output_folder(args.out)
+    with claim_output(args.out):
+        return _segment_claimed(args, cfg or build_config(args))
+
+
+def _segment_claimed(args: argparse.Namespace, cfg) -> int:
     from ..backbones import load_backbone
     from ..io.video import open_video
     from ..pipeline import Segmenter, check_segment_output
 
-    cfg = build_config(args)
     video = open_video(args.video, fps=args.fps)
     check_segment_output(video, args.out, args.first_frame_gt)  # before the model loads
+    check_device(args.device)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     backbone.release_text_encoder((cfg.features.prompt,))
     seg = Segmenter(backbone, cfg)
@@ -165,12 +210,24 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
+    from ..io.outputs import check_disjoint, check_output_folder, claim_output
+    from .shards import manifest_path, rank_from_env
+
+    cfg = build_config(args) if args.preset is not None else None  # as in _cmd_segment
+    shard = _parse_shard(args.shard)
+    check_disjoint(args.out, [args.root])
+    check_output_folder(args.out, beside=False)
+    # this rank's lock, held to the end: taken before the dataset is read or a model loads
+    with claim_output(manifest_path(args.out, (shard or rank_from_env())[0])):
+        return _dataset_claimed(args, cfg or build_config(args), shard)
+
+
+def _dataset_claimed(args: argparse.Namespace, cfg, shard: tuple[int, int] | None) -> int:
     from ..backbones import load_backbone
     from ..datasets import open_dataset
     from .runner import check_dataset_output, local_device, run_dataset
     from .shards import rank_from_env
 
-    cfg = build_config(args)
     kwargs = {}
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
@@ -179,8 +236,8 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.format, args.root, split=args.split, **kwargs)
     if args.ignore_index is None and dataset.ignore_index is not None:
         cfg = cfg.replace(ignore_index=dataset.ignore_index)
-    shard = _parse_shard(args.shard)
     check_dataset_output(dataset, args.out, (shard or rank_from_env())[0])  # before the model
+    check_device(args.device)
     # under torchrun/accelerate each process takes the GPU of its local rank
     device = args.device or local_device()
     backbone = load_backbone(args.model, dtype=args.dtype, device=device)
@@ -204,8 +261,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_file
     from ..io.writers import atomic_write_text
 
-    if args.json:
-        check_output_file(args.json, "--json")  # before the (long) evaluation
+    if args.json:  # before the (long) evaluation; the report never lands on an input
+        check_output_file(args.json, "--json", inputs=[args.pred, args.gt])
     result = evaluate_folders(
         args.pred,
         args.gt,
@@ -215,6 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ignore_index=args.ignore_index,
         split=args.split,
         strict_ids=False if args.lenient_ids else None,
+        allow_mixed=args.allow_mixed,
     )
     print(result.table())
     if args.json:
@@ -226,10 +284,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ..backbones import load_backbone
     from ..datasets import open_dataset
     from ..evaluation.compare import compare
+    from ..evaluation.metrics import PROTOCOLS
     from ..fieldtypes import parse_names
-    from .runner import local_device
+    from ..io.outputs import check_disjoint, check_output_folder
+    from .runner import dataset_inputs, local_device
 
     cfg = build_config(args)
+    bad = [p for p in args.protocol or () if p not in PROTOCOLS]
+    if bad:
+        raise ConfigError(f"--protocol {bad[0]!r}: choose from {', '.join(PROTOCOLS)}")
     dataset = open_dataset(
         args.format,
         args.root,
@@ -238,6 +301,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         ignore_index=args.ignore_index,
     )
     methods = parse_names(args.methods)
+    check_disjoint(args.out, dataset_inputs(dataset))  # before the model loads
+    check_output_folder(args.out, beside=False)
+    check_device(args.device)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device or local_device())
     backbone.release_text_encoder((cfg.features.prompt,))
     protocols = args.protocol or ("first-frame", "hungarian", "majority")
@@ -311,18 +377,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="zsvss",
-        description="Training-free video semantic segmentation from diffusion features (VidSeg).",
-    )
-    parser.add_argument("--version", action="version", version=f"zsvss {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment one video and write labels, colours, overlay")
     p.add_argument("video", help="frame folder, video file (mp4/mov/mkv/webm/avi)")
     p.add_argument("--out", required=True, help="output folder")
@@ -331,12 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="label PNG of the first frame: clusters take its classes (paper protocol)",
     )
-    p.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder")
+    p.add_argument(
+        "--fps", type=float, default=None, help="frame rate of a frame folder (0.001..1000)"
+    )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     _add_model_args(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_segment)
 
+
+def _add_dataset(sub) -> None:
     p = sub.add_parser("dataset", help="segment every video of a dataset (sharded, resumable)")
     p.add_argument("format", help="vspw, davis, camvid, camvid32, cityscapes or folder")
     p.add_argument("root", help="dataset root folder")
@@ -358,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_dataset)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="mIoU, mVC8/16 and pixel accuracy of a prediction folder")
     p.add_argument("pred", help="prediction root PRED/<video>/<frame>.png")
     p.add_argument("gt", help="dataset root with ground truth")
@@ -377,10 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not count GT ids outside the class range instead of failing "
         "(VSPW's official behaviour, the default for --format vspw)",
     )
+    p.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="score PRED even when its videos come from runs with different config hashes",
+    )
     p.set_defaults(func=_cmd_eval)
 
-    from ..evaluation.metrics import PROTOCOLS
 
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="run several methods on a dataset and tabulate them")
     p.add_argument("format", help="vspw, davis, camvid, camvid32, cityscapes or folder")
     p.add_argument("root", help="dataset root folder (with ground truth)")
@@ -394,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol",
         action="append",
-        choices=PROTOCOLS,
-        help="repeat for several (default: first-frame, hungarian, majority)",
+        help="repeat for several, from zsvss_nb.evaluation.metrics.PROTOCOLS (default: "
+        "first-frame, hungarian, majority)",
     )
     p.add_argument("--split", default=None, help="split name (e.g. val)")
     p.add_argument("--max-frames", type=int, default=None, help="first N frames of each video")
@@ -410,18 +476,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_compare)
 
+
+def _add_bench(sub, full: bool) -> None:
+    """``bench``: its options need the benchmark module (torch), so they are added only when
+    ``full`` (the command is bench, or help is asked for); every other command stays light and
+    takes its lock before anything slow loads."""
+    p = sub.add_parser("bench", help="benchmark cost per frame (and vs the reference)")
+    if not full:
+        return
+    from . import bench
+
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run_from_args)
+
+
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """The ``zsvss`` parser; ``full=False`` leaves out the bench options (see _add_bench)."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="zsvss",
+        description="Training-free video semantic segmentation from diffusion features (VidSeg).",
+    )
+    parser.add_argument("--version", action="version", version=f"zsvss {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment(sub)
+    _add_dataset(sub)
+    _add_eval(sub)
+    _add_compare(sub)
     p = sub.add_parser("info", help="versions, device, and which model would load")
     p.add_argument("--model", default=None)
     p.set_defaults(func=_cmd_info)
-
-    try:
-        from . import bench
-    except ImportError:
-        bench = None
-    if bench is not None and hasattr(bench, "add_arguments"):
-        p = sub.add_parser("bench", help="benchmark cost per frame (and vs the reference)")
-        bench.add_arguments(p)
-        p.set_defaults(func=bench.run_from_args)
+    _add_bench(sub, full)
     return parser
 
 
@@ -429,11 +517,24 @@ def _terminate(signum, _frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: newlines and other control characters in names shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _needs_bench(argv: list[str]) -> bool:
+    words = [a for a in argv if not a.startswith("-")]
+    return (words[:1] == ["bench"]) or not words
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; the exit code: 0 done, 2 a known error (one line on stderr), 130
+    interrupted, 1 an internal error (a bug: its traceback is printed)."""
     from .threads import apply_thread_policy
 
     apply_thread_policy()  # before torch loads: passive OpenMP waiting, threads = usable cores
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(full=_needs_bench(argv) or "-h" in argv or "--help" in argv)
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so temp files are removed and no partial output remains
     signal.signal(signal.SIGTERM, _terminate)
@@ -444,12 +545,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ZsvssError as err:
-        print(f"zsvss: error: {err}", file=sys.stderr)
+        print(f"zsvss: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a file-system failure the library did not name: still one line
         where = f"{err.filename}: " if err.filename else ""
-        print(f"zsvss: error: {where}{os_problem(err)}", file=sys.stderr)
+        print(f"zsvss: error: {one_line(where + os_problem(err))}", file=sys.stderr)
         return 2
+    except InterruptedAfterPublish as err:
+        print(f"zsvss: {one_line(str(err))}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("zsvss: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            "zsvss: internal error: this is a bug in zsvss, not a problem with the input; "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 1

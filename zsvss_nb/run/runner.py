@@ -18,8 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ from ..datasets import Dataset, VideoItem
 from ..errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
 from ..io.outputs import (
     check_disjoint,
+    check_name_fits,
     check_output_folder,
-    hold_lock,
+    claim_output,
+    output_files,
     probe_lock,
     recover,
     staged_output,
@@ -44,12 +47,13 @@ from ..io.provenance import model_identity, versions
 from ..io.video import open_video
 from ..io.writers import atomic_write_json, atomic_write_png
 from ..methods import DEFAULT, get_method, hashed_config, resolve, segmenter
-from .shards import rank_from_env
+from .shards import manifest_path, rank_from_env
 from .shards import shard as shard_videos
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = ".done.json"
+MANIFEST_NAME = re.compile(r"^run_manifest_\d+\.json$")  # PRED/run_manifest_<rank>.json
 
 
 def config_hash(
@@ -104,11 +108,6 @@ def _first_frame_ids(item: VideoItem, dataset: Dataset, cfg: SegmentConfig) -> n
     return ids
 
 
-def _video_owned(path: Path) -> bool:
-    """What a video's prediction folder holds: label PNGs and the finished mark."""
-    return path.name == DONE_FILE or (path.suffix == ".png" and path.is_file())
-
-
 def dataset_inputs(dataset: Dataset) -> list[Path]:
     """The root and every frame folder, label folder and video file ``dataset`` reads."""
     inputs: dict[Path, None] = {Path(dataset.root): None}
@@ -127,7 +126,16 @@ def check_dataset_output(dataset: Dataset, out_root: str | os.PathLike[str], ran
     out = Path(out_root)
     check_disjoint(out, dataset_inputs(dataset))
     check_output_folder(out, beside=False)
-    probe_lock(out / f"run_manifest_{rank}.json")
+    for item in dataset.videos:
+        if MANIFEST_NAME.match(item.name) or item.name.startswith("."):
+            raise DatasetLayoutError(
+                f"video {item.name!r}: its prediction folder would take the name of zsvss's "
+                "own files in the output (run_manifest_<rank>.json, hidden names); rename it"
+            )
+        check_name_fits(out / item.name, f"video {item.name!r}")
+        for name in item.frame_names:  # each label PNG is written through a temp name
+            check_name_fits(out / item.name / f"{name}.png", f"video {item.name}: frame {name!r}")
+    probe_lock(manifest_path(out, rank))
 
 
 def segment_video_item(
@@ -164,7 +172,8 @@ def segment_video_item(
     tic = time.perf_counter()
     seg = segmenter(backbone, cfg, method)
     count = 0
-    with video, staged_output(Path(out_root) / item.name, owned=_video_owned) as stage:
+    target = Path(out_root) / item.name  # a link there was not made by zsvss: refused
+    with video, staged_output(target, DONE_FILE, follow=False) as stage:
         for result in seg.segment(video, first_frame_gt=gt, progress=progress):
             atomic_write_png(stage / f"{result.name}.png", result.labels.numpy())
             count += 1
@@ -180,6 +189,7 @@ def segment_video_item(
                 "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
                 "zsvss_version": versions()["zsvss"],
                 "stats": seg.stats.to_dict(),
+                "files": output_files(stage),
             },
         )
     return {
@@ -216,6 +226,32 @@ def local_device(
                 raise ConfigError(f"{var}={e[var]!r} is not an integer") from err
             return torch.device("cuda", local % count)
     return None
+
+
+def _segment_share(
+    items: Iterable[VideoItem],
+    out: Path,
+    resume: bool,
+    key: str,
+    done: list[dict[str, Any]],
+    skipped: list[str],
+    error: dict[str, str],
+    segment: Callable[[VideoItem], dict[str, Any]],
+) -> None:
+    """Segment ``items`` in order: each result appended to ``done``, a video finished with
+    config hash ``key`` skipped under ``resume`` (its name appended to ``skipped``); a failure
+    is recorded in ``error`` and re-raised, never skipped."""
+    for item in items:
+        if resume and is_finished(out / item.name, key):
+            skipped.append(item.name)
+            continue
+        try:
+            done.append(segment(item))
+        except BaseException as err:
+            error.update(video=item.name, type=type(err).__name__, message=str(err))
+            # INFO, not ERROR: the caller reports the re-raised error (the CLI: one line)
+            log.info("video %s failed: %s", item.name, err)
+            raise
 
 
 def run_dataset(
@@ -263,7 +299,7 @@ def run_dataset(
     tic = time.perf_counter()
     done: list[dict[str, Any]] = []
     skipped: list[str] = []
-    error: dict[str, str] | None = None
+    error: dict[str, str] = {}
 
     def manifest() -> dict[str, Any]:
         return {
@@ -287,43 +323,34 @@ def run_dataset(
             "videos_done": done,
             "videos_skipped": skipped,
             "frames_done": sum(d["frames"] for d in done),
-            "error": error,
+            "error": error or None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "seconds": round(time.perf_counter() - tic, 3),
         }
 
-    manifest_path = out / f"run_manifest_{rank}.json"
+    record = manifest_path(out, rank)
     bar = tqdm(items, desc=f"videos [shard {rank}/{world}]", unit="video", disable=not progress)
-    # one process per rank and output: a second one with the same shard fails here at once
-    with hold_lock(manifest_path):
-        recover(manifest_path)
+    # one process per rank and output, from the start (the CLI claims it before the model
+    # loads) to the end: a second one with the same shard fails at once
+    with claim_output(record):
+        recover(record)
         try:
-            for item in bar:
-                if resume and is_finished(out / item.name, key):
-                    skipped.append(item.name)
-                    continue
-                try:
-                    done.append(
-                        segment_video_item(
-                            item,
-                            out,
-                            backbone,
-                            cfg,
-                            use_first_frame_gt,
-                            dataset,
-                            key=key,
-                            method=method,
-                        )
-                    )
-                except BaseException as err:
-                    error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
-                    # INFO, not ERROR: the caller reports the re-raised error (the CLI: one line)
-                    log.info("video %s failed: %s", item.name, err)
-                    raise
+            _segment_share(
+                bar,
+                out,
+                resume,
+                key,
+                done,
+                skipped,
+                error,
+                lambda item: segment_video_item(
+                    item, out, backbone, cfg, use_first_frame_gt, dataset, key=key, method=method
+                ),
+            )
         finally:
             bar.close()
             result = manifest()
-            atomic_write_json(manifest_path, result)
+            atomic_write_json(record, result)
     return result
 
 
