@@ -27,6 +27,7 @@ from .datasets import load_gt
 from .errors import ConfigError, DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
 from .io.outputs import (
+    MANIFEST,
     check_disjoint,
     check_name_fits,
     check_output_folder,
@@ -59,11 +60,6 @@ def window_lock(backbone: Backbone) -> threading.RLock:
         if lock is None:
             lock = _WINDOW_LOCKS[backbone] = threading.RLock()
         return lock
-
-
-# the manifest of Segmenter.run's output folder: it lists every file the run wrote, and a
-# folder holding anything it does not list is never replaced
-MANIFEST = "manifest.json"
 
 
 @dataclass

@@ -69,6 +69,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 log = logging.getLogger(__name__)
 
+MANIFEST = "manifest.json"  # an output folder's list of its files (see check_replaceable)
 LOCK_SUFFIX = ".lock"
 BACKUP_SUFFIX = ".old"
 _LOCK_NAME = re.compile(r"^\.(.+)\.lock$")
@@ -447,15 +448,18 @@ def is_claimed(target: str | os.PathLike[str]) -> bool:
 
 
 @contextlib.contextmanager
-def claim_output(target: str | os.PathLike[str], flag: str = "--out") -> Iterator[Path]:
+def claim_output(
+    target: str | os.PathLike[str], flag: str = "--out", manifest: str | None = None
+) -> Iterator[Path]:
     """Hold ``target``'s lock for the ``with`` block (the whole run); yields the lock's path.
 
     Re-entrant within this thread: a nested claim of the same output (the run's own
     :func:`staged_output`) reuses it. Creates ``target``'s missing parent folders for the lock
     and removes them again when the block fails. Refuses at once an output another live run
     holds (:class:`OutputLockedError`) or one inside another live run's output
-    (:class:`OutputOverlapError`); an output that contains one is refused by
-    :func:`check_replaceable`.
+    (:class:`OutputOverlapError`); with ``manifest`` (an output folder), also one that
+    contains another live run's output or files its manifest does not list
+    (:func:`check_replaceable`). Whichever of two nested runs claims first wins.
     """
     target = _canonical(target)
     for claim in _CLAIMS.get():
@@ -473,6 +477,8 @@ def claim_output(target: str | os.PathLike[str], flag: str = "--out") -> Iterato
         token = _CLAIMS.set((*_CLAIMS.get(), claim))
         try:
             check_not_inside_live_output(target, flag)
+            if manifest is not None:
+                check_replaceable(target, manifest)
             yield claim.lock
         finally:
             _CLAIMS.reset(token)
@@ -592,27 +598,25 @@ _DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(s
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[Callable[[], set[int]]]:
-    """Hold SIGINT and SIGTERM back for the block; yields a function that takes (consumes) the
-    ones that arrived meanwhile. Outside the main thread or POSIX, nothing is held."""
-    can = (
-        hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    )
-    if not can:
-        yield set
+def _signals_held() -> Iterator[set[int]]:
+    """Hold SIGINT and SIGTERM back for the block; yields the set of those that arrived
+    meanwhile. The Python handlers are swapped for a recorder (they run in the main thread
+    whichever thread the kernel picked, which a signal mask cannot promise); outside the main
+    thread nothing is held."""
+    got: set[int] = set()
+    if threading.current_thread() is not threading.main_thread():
+        yield got
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
-
-    def take() -> set[int]:
-        got = set(signal.sigpending()) & set(_DEFERRED)
-        for sig in got:
-            signal.sigtimedwait([sig], 0)
-        return got
-
+    old = {sig: signal.getsignal(sig) for sig in _DEFERRED}
+    for sig, handler in old.items():
+        if handler not in (signal.SIG_IGN, None):
+            signal.signal(sig, lambda signum, _frame: got.add(signum))
     try:
-        yield take
+        yield got
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            if handler not in (signal.SIG_IGN, None):
+                signal.signal(sig, handler)
 
 
 def _after_publish(target: Path, signals: set[int]) -> None:
@@ -641,7 +645,7 @@ def check_publishable(target: str | os.PathLike[str]) -> None:
             "renaming it, which a mount point refuses: use a folder inside it"
         )
     probe = target.with_name(f".{target.name}.{secrets.token_hex(6)}{BACKUP_SUFFIX}")
-    with _signals_held() as take:
+    with _signals_held() as got:
         try:
             os.rename(target, probe)
         except OSError as err:
@@ -650,7 +654,7 @@ def check_publishable(target: str | os.PathLike[str]) -> None:
                 "renaming the previous output away"
             ) from err
         os.rename(probe, target)  # a kill between the two: recover() restores it
-        held = take()
+        held = set(got)
     if held:
         _after_publish(target, held)
 
@@ -662,7 +666,7 @@ def publish(staging: Path, target: Path) -> None:
     them as :class:`InterruptedAfterPublish` (the new output is in place and complete).
     """
     backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}{BACKUP_SUFFIX}")
-    with _signals_held() as take:
+    with _signals_held() as got:
         if not target.exists():
             os.rename(staging, target)
             backup = None
@@ -673,7 +677,7 @@ def publish(staging: Path, target: Path) -> None:
             except BaseException:
                 os.rename(backup, target)
                 raise
-        held = take()
+        held = set(got)
     try:
         if backup is not None:
             _remove(backup)
@@ -721,7 +725,7 @@ def staged_output(
     is a :class:`PathError` naming ``target``.
     """
     target = _output_target(target, follow)
-    with claim_output(target):
+    with claim_output(target, manifest=manifest):
         recover(target)
         check_replaceable(target, manifest)
         check_publishable(target)

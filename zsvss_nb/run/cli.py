@@ -157,7 +157,7 @@ def check_device(text: str | None) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from ..io.outputs import check_disjoint, check_output_folder, claim_output
+    from ..io.outputs import MANIFEST, check_disjoint, check_output_folder, claim_output
 
     # the model's default config needs the backbones (torch): built under the lock then
     cfg = build_config(args) if args.preset is not None else None
@@ -166,7 +166,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     gt = [args.first_frame_gt] if args.first_frame_gt is not None else []
     check_disjoint(args.out, [args.video, *gt])
     check_output_folder(args.out)
-    with claim_output(args.out):
+    with claim_output(args.out, manifest=MANIFEST):
         return _segment_claimed(args, cfg or build_config(args))
 
 

@@ -38,6 +38,7 @@ from ..io.outputs import (
     check_name_fits,
     check_output_folder,
     claim_output,
+    lock_path,
     output_files,
     probe_lock,
     recover,
@@ -133,6 +134,12 @@ def check_dataset_output(dataset: Dataset, out_root: str | os.PathLike[str], ran
                 "own files in the output (run_manifest_<rank>.json, hidden names); rename it"
             )
         check_name_fits(out / item.name, f"video {item.name!r}")
+        for path in (out / item.name, lock_path(out / item.name)):
+            if path.is_symlink():  # zsvss writes there and never follows a link it did not make
+                raise PathError(
+                    f"{path}: is a symbolic link zsvss did not create; it never follows one in "
+                    "a folder it writes: remove it"
+                )
         for name in item.frame_names:  # each label PNG is written through a temp name
             check_name_fits(out / item.name / f"{name}.png", f"video {item.name}: frame {name!r}")
     probe_lock(manifest_path(out, rank))
