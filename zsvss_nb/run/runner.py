@@ -235,6 +235,13 @@ def local_device(
     return None
 
 
+def _make_root(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathError(f"{out}: cannot create the output folder ({os_problem(err)})") from err
+
+
 def _segment_share(
     items: Iterable[VideoItem],
     out: Path,
@@ -298,10 +305,7 @@ def run_dataset(
     key = config_hash(cfg, backbone, use_first_frame_gt, method)
     out = Path(out_root)
     check_dataset_output(dataset, out, rank)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PathError(f"{out}: cannot create the output folder ({os_problem(err)})") from err
+    _make_root(out)
     started = time.time()
     tic = time.perf_counter()
     done: list[dict[str, Any]] = []
