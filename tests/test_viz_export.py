@@ -19,11 +19,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
-from zsvss_nb.notebook.session.session import check_model  # noqa: E402
 
 from zsvss_nb import SegmentConfig, Segmenter  # noqa: E402
 from zsvss_nb.errors import InputError  # noqa: E402
-from zsvss_nb.notebook.session import viz  # noqa: E402
+from zsvss_nb.notebook import viz  # noqa: E402
+from zsvss_nb.notebook.session import check_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
