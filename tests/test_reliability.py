@@ -1350,6 +1350,24 @@ def _a12_video_named_like_the_manifest(tmp, frames, out, mp, stack):
     return Attack(args, "video 'run_manifest_0.json': its prediction folder would take")
 
 
+def _own_out_is_a_link_to_a_live_output(tmp, frames, out, mp, stack):
+    _live_run(stack, out)
+    (tmp / "alias").symlink_to(out)
+    return Attack(_seg(frames, tmp / "alias"), "another zsvss run (pid", [out])
+
+
+def _own_json_is_a_named_pipe(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    os.mkfifo(tmp / "m.json")
+    return Attack(_eval_args(pred, gt, "--json", str(tmp / "m.json")), "not a regular file")
+
+
+def _own_lock_is_a_folder(tmp, frames, out, mp, stack):
+    outputs.lock_path(out).mkdir()
+    lock = outputs.lock_path(out)
+    return Attack(_seg(frames, out), "cannot create the lock file (is a folder)", [out, lock])
+
+
 def _mixed_prediction(tmp: Path) -> tuple[Path, Path]:
     """Two labelled clips whose predictions come from runs with different config hashes."""
     gt, pred = tmp / "gt", tmp / "pred"
@@ -1392,6 +1410,9 @@ ATTACKS: list[tuple[str, Callable]] = [
     ("12-disk-full-writing-the-lock", _a12_full_disk_at_the_lock),
     ("12-newline-in-a-path", _a12_newline_in_a_path),
     ("12-video-named-like-the-run-manifest", _a12_video_named_like_the_manifest),
+    ("own-out-is-a-link-to-a-live-output", _own_out_is_a_link_to_a_live_output),
+    ("own-json-is-a-named-pipe", _own_json_is_a_named_pipe),
+    ("own-lock-is-a-folder", _own_lock_is_a_folder),
 ]
 
 
@@ -1418,7 +1439,8 @@ def test_round_two_attacks_are_refused_before_the_model_loads(
     for path in case.absent:
         assert not path.exists(), path
     leftover = [p for p in tmp_path.rglob(".*") if p.name.endswith((".tmp", ".old", ".lock"))]
-    assert not [p for p in leftover if not p.is_symlink()]  # a planted link stays as it was
+    # a planted link or folder stays as it was; nothing of zsvss's is left
+    assert not [p for p in leftover if not p.is_symlink() and p not in case.protect]
 
 
 RACE = ["--model", "tiny", "--preset", "fast", "--k", "4"]

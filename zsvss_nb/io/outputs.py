@@ -384,8 +384,11 @@ _CLAIMS: contextvars.ContextVar[tuple[_Claim, ...]] = contextvars.ContextVar(
 
 
 def _canonical(target: str | os.PathLike[str]) -> Path:
-    """``target`` absolute, its parent's links resolved (the name itself is kept)."""
+    """``target`` absolute, its parent's links resolved; a ``target`` that is itself a link
+    resolved too, so a run through a link and one on the real folder share one lock."""
     target = Path(os.path.abspath(os.fspath(target)))
+    if target.is_symlink():
+        return Path(os.path.realpath(target))
     return Path(os.path.realpath(target.parent)) / target.name
 
 
