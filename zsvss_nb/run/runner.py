@@ -2,8 +2,9 @@
 
 Outputs follow the layout the official VSPW scripts read: ``PRED/<video>/<frame stem>.png``
 (uint8 label ids at the original resolution). Each finished video also gets
-``PRED/<video>/.done.json`` (frames, seconds, config hash), written last, so its presence marks
-a finished video; ``PRED/run_manifest_<rank>.json`` records each process's run.
+``PRED/<video>/.done.json`` (frames, seconds, config hash, the files it wrote), written last,
+so its presence marks a finished video; ``PRED/run_manifest_<rank>.json`` records each
+process's run.
 
 The per-video function :func:`segment_video_item` is what every launcher runs: the sequential
 :func:`run_dataset` (one process, ``--shard i/N``, ``torchrun``/``accelerate launch``) and the
@@ -123,7 +124,9 @@ def dataset_inputs(dataset: Dataset) -> list[Path]:
 def check_dataset_output(dataset: Dataset, out_root: str | os.PathLike[str], rank: int) -> None:
     """What :func:`run_dataset` checks before it computes anything, callable before a model
     loads: ``out_root`` lies outside the dataset's inputs, can be written, and no live process
-    runs rank ``rank`` into it."""
+    runs rank ``rank`` into it; no video takes the name of zsvss's own files there, every
+    video folder and label PNG name fits with its temp name, and no video's folder or lock
+    is a link zsvss did not create."""
     out = Path(out_root)
     check_disjoint(out, dataset_inputs(dataset))
     check_output_folder(out, beside=False)
