@@ -36,11 +36,12 @@ from zsvss_nb.config import SegmentConfig
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError, DatasetLayoutError, OutputLockedError, VideoNotFoundError
 from zsvss_nb.evaluation.metrics import evaluate
-from zsvss_nb.io import outputs
+from zsvss_nb.io import locks
 from zsvss_nb.io.video import open_video
 from zsvss_nb.io.writers import temp_path, write_video
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.run.cli import build_config, build_parser, main
+from zsvss_nb.run.cli import build_parser, main
+from zsvss_nb.run.commands import build_config
 
 H, W = 96, 128
 MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
@@ -645,7 +646,7 @@ def test_a_rerun_gives_the_same_labels(finished, tmp_path, capsys):
 def test_a_live_lock_fails_at_once_for_segment_and_dataset(finished, tmp_path, no_model, capsys):
     frames, out = copy_finished(finished, tmp_path)
     before = sha(out)
-    with outputs.hold_lock(out):
+    with locks.hold_lock(out):
         code, _, err = cli(_seg(frames, out), capsys)
     assert code == 2
     assert_one_line(err, f"another zsvss run (pid {os.getpid()} on {socket.gethostname()}")
@@ -653,7 +654,7 @@ def test_a_live_lock_fails_at_once_for_segment_and_dataset(finished, tmp_path, n
 
     pred = tmp_path / "pred"
     pred.mkdir()
-    with outputs.hold_lock(pred / "run_manifest_0.json"):
+    with locks.hold_lock(pred / "run_manifest_0.json"):
         code, _, err = cli(["dataset", "folder", str(frames), "--out", str(pred), *MODEL], capsys)
     assert code == 2
     assert_one_line(err, "run_manifest_0.json: another zsvss run")
@@ -666,7 +667,7 @@ def test_a_video_locked_by_another_process_stops_the_dataset_run(tmp_path, capsy
         frame_folder(root / name, 3)
     pred = tmp_path / "pred"
     pred.mkdir()
-    with outputs.hold_lock(pred / "v1"):  # e.g. a second launcher on an overlapping shard
+    with locks.hold_lock(pred / "v1"):  # e.g. a second launcher on an overlapping shard
         code, _, err = cli(["dataset", "folder", str(root), "--out", str(pred), *MODEL], capsys)
     assert code == 2
     assert_one_line(err, "v1: another zsvss run")
@@ -684,7 +685,7 @@ def _dead_pid() -> int:
 def test_a_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, capsys, caplog):
     frames, out = copy_finished(finished, tmp_path)
     stale = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "yesterday"}
-    outputs.lock_path(out).write_text(json.dumps(stale))
+    locks.lock_path(out).write_text(json.dumps(stale))
     code, _, err = cli(_seg(frames, out), capsys)
     assert code == 0, err
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -694,29 +695,29 @@ def test_a_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, capsys, c
 
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs, "fcntl", None)
+    monkeypatch.setattr(locks, "fcntl", None)
     target = tmp_path / "out"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         host = socket.gethostname()
-        outputs.lock_path(target).write_text(json.dumps({"pid": sleeper.pid, "host": host}))
+        locks.lock_path(target).write_text(json.dumps({"pid": sleeper.pid, "host": host}))
         with pytest.raises(OutputLockedError, match=f"pid {sleeper.pid}"):
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
-        outputs.lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+        locks.lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
         with pytest.raises(OutputLockedError, match="on elsewhere"):  # cannot tell: alive
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
     finally:
         sleeper.kill()
         sleeper.wait()
-    outputs.lock_path(target).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    with outputs.hold_lock(target) as lock:
+    locks.lock_path(target).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
+    with locks.hold_lock(target) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         with pytest.raises(OutputLockedError):  # the same process may not take it twice
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
-    assert not outputs.lock_path(target).exists()
+    assert not locks.lock_path(target).exists()
 
 
 # ------------------------------------------------------------------ real processes
@@ -1161,7 +1162,7 @@ class Attack:
 def _live_run(stack, target: Path) -> None:
     """Hold ``target``'s lock as another live zsvss run would (kernel lock, its own fd)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    stack.enter_context(outputs.hold_lock(target))
+    stack.enter_context(locks.hold_lock(target))
 
 
 def _a1_inside_live(tmp, frames, out, mp, stack):
@@ -1262,8 +1263,8 @@ def _a5_planted_video_folder(tmp, frames, out, mp, stack):
 def _a5_planted_output_lock(tmp, frames, out, mp, stack):
     victim = tmp / "victim.txt"
     victim.write_text("precious\n")
-    outputs.lock_path(out).unlink(missing_ok=True)
-    outputs.lock_path(out).symlink_to(victim)
+    locks.lock_path(out).unlink(missing_ok=True)
+    locks.lock_path(out).symlink_to(victim)
     return Attack(_seg(frames, out), "the lock file is a symbolic link", [victim, out])
 
 
@@ -1333,7 +1334,7 @@ def _a12_full_disk_at_the_lock(tmp, frames, out, mp, stack):
 
     mp.setattr(os, "write", write)
     target = tmp / "full" / "out"
-    lock = outputs.lock_path(target)
+    lock = locks.lock_path(target)
     return Attack(_seg(frames, target), f"{lock}: cannot write the lock file (no space", [], [lock])
 
 
@@ -1363,8 +1364,8 @@ def _own_json_is_a_named_pipe(tmp, frames, out, mp, stack):
 
 
 def _own_lock_is_a_folder(tmp, frames, out, mp, stack):
-    outputs.lock_path(out).mkdir()
-    lock = outputs.lock_path(out)
+    locks.lock_path(out).mkdir()
+    lock = locks.lock_path(out)
     return Attack(_seg(frames, out), "cannot create the lock file (is a folder)", [out, lock])
 
 
@@ -1471,7 +1472,7 @@ def _finish(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
 # on a loaded machine.
 RACE_OFFSETS = {
     "together": None,
-    "first-holds-its-lock-and-imports": lambda out: outputs.lock_path(out).exists(),
+    "first-holds-its-lock-and-imports": lambda out: locks.lock_path(out).exists(),
     "first-is-computing": lambda out: any(out.parent.glob(".out.*.tmp/labels/*.png")),
 }
 
@@ -1516,7 +1517,7 @@ def test_nested_outputs_of_concurrent_runs(first_is, tmp_path):
     outer, inner = tmp_path / "R", tmp_path / "R" / "sub"
     order = [outer, inner] if first_is == "outer" else [inner, outer]
     first = _race_run(frames, order[0], 1, tmp_path)
-    wait_until(first, lambda: outputs.lock_path(order[0]).exists(), "the first run's lock")
+    wait_until(first, lambda: locks.lock_path(order[0]).exists(), "the first run's lock")
     second = _race_run(frames, order[1], 2, tmp_path)
     (code1, _, err1), (code2, _, err2) = _finish(first, second)
     assert code1 == 0 and code2 == 2, (err1, err2)

@@ -18,10 +18,10 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, VideoItem, open_dataset
 from zsvss_nb.errors import ConfigError, LabelError
+from zsvss_nb.io.outputs import DONE_FILE
 from zsvss_nb.io.writers import temp_path
 from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.run.runner import (
-    DONE_FILE,
     _first_frame_ids,
     config_hash,
     is_finished,

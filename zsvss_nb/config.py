@@ -15,81 +15,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
-from .fieldtypes import check_value, choices, field_types, parse_value
+from .fieldtypes import SEED_RANGE, ConfigSection, choices
 
 STAGES = ("features", "context", "refine", "upsample", "svd")
 
 
-SEED_RANGE = (0, 2**63 - 1)  # what torch.Generator.manual_seed takes
-
-
-class _Replaceable:
-    """Base of the stage configs: every field type-checked, every number range-checked.
-
-    ``_ranges`` gives each float field (and each seed) its valid range, inclusive: values the
-    stage survives in the dtype it computes in (float32, or float16 under autocast), so a
-    finite but extreme value fails here, naming the field, instead of giving all-zero labels.
-    Every float field must have one (``fieldtypes.check_value`` checks finiteness only).
-    """
-
-    _stage: ClassVar[str] = ""
-    _ranges: ClassVar[dict[str, tuple[float, float]]] = {}
-
-    def __post_init__(self) -> None:
-        """Type-check every field against its annotation (see :func:`check_value`), then its
-        range (``_ranges``)."""
-        types = field_types(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            name = f"{self._stage}.{f.name}" if self._stage else f.name
-            checked = check_value(types[f.name], value, name)
-            if checked is not value:
-                object.__setattr__(self, f.name, checked)
-            self.check_range(f.name, checked)
-
-    @classmethod
-    def check_range(cls, name: str, value: Any) -> Any:
-        """``value`` when it lies in field ``name``'s documented range (None passes), else a
-        ConfigError; stages call it on the values they divide by or exponentiate."""
-        bounds = cls._ranges.get(name)
-        if bounds is None or value is None or isinstance(value, bool):
-            return value
-        lo, hi = bounds
-        if not lo <= value <= hi:
-            full = f"{cls._stage}.{name}" if cls._stage else name
-            raise ConfigError(f"{full}={value!r} must lie in [{lo:g}, {hi:g}]")
-        return value
-
-    def replace(self, **changes: Any):
-        """A copy with ``changes`` applied (fields are validated again)."""
-        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
-        unknown = [k for k in changes if k not in names]
-        if unknown:
-            raise ConfigError(
-                f"{self._stage or type(self).__name__} has no field {unknown[0]!r}; "
-                f"its fields are {', '.join(names)}"
-            )
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def parse_field(cls, name: str, text: str) -> Any:
-        """The value of command-line ``text`` for field ``name``, by the field's declared
-        type (``"true"`` for a bool, ``"6,7,8"`` for a tuple, ``"none"`` for an optional)."""
-        types = field_types(cls)
-        if name not in types or name.startswith("_"):
-            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-            raise ConfigError(
-                f"{cls._stage or cls.__name__} has no field {name!r}; "
-                f"its fields are {', '.join(names)}"
-            )
-        return parse_value(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
-
-
 @dataclass(frozen=True)
-class FeatureConfig(_Replaceable):
+class FeatureConfig(ConfigSection):
     """Stage 1: noising, the feature pass and which attention tensors become features."""
 
     _stage: ClassVar[str] = "features"
@@ -148,7 +80,7 @@ def _block_res(block: int) -> int:
 
 
 @dataclass(frozen=True)
-class ContextConfig(_Replaceable):
+class ContextConfig(ConfigSection):
     """Stage 2a: k-means initialisation and the autoregressive KNN scene context model."""
 
     _stage: ClassVar[str] = "context"
@@ -191,7 +123,7 @@ class ContextConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class RefineConfig(_Replaceable):
+class RefineConfig(ConfigSection):
     """Stage 2b: correspondence-based refinement (dense tracks + majority vote), METHOD 1.6.
 
     ``paper_compat=True`` reproduces the reference exactly: the signed hop test (only large moves
@@ -214,7 +146,7 @@ class RefineConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class UpsampleConfig(_Replaceable):
+class UpsampleConfig(ConfigSection):
     """Stage 3: masked modulation (METHOD 1.7) or a cheap baseline.
 
     The difference map D_c = blur(||I+ - I-||_2) is computed in float by default. With
@@ -300,7 +232,7 @@ class UpsampleConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class SvdConfig(_Replaceable):
+class SvdConfig(ConfigSection):
     """Stable Video Diffusion backbone only (METHOD 1.2, 1.7): conditioning and decoding.
 
     The window's first frame conditions the video model (CLIP image embedding and VAE-latent
@@ -335,7 +267,7 @@ class SvdConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class DiffSegConfig(_Replaceable):
+class DiffSegConfig(ConfigSection):
     """The ``diffseg-frame`` baseline (Tian et al., CVPR 2024); defaults from google/diffseg.
 
     Its benchmark notebook runs one UNet evaluation at timestep 300 on the VAE latent (no
@@ -369,7 +301,7 @@ class DiffSegConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class PropagateConfig(_Replaceable):
+class PropagateConfig(ConfigSection):
     """The ``propagate-first-frame`` reference: label propagation from first-frame GT.
 
     Defaults are DINO's video-segmentation protocol (Caron et al., ICCV 2021,
@@ -401,7 +333,7 @@ STAGES = ("features", "context", "refine", "upsample", "svd", "diffseg", "propag
 
 
 @dataclass(frozen=True)
-class SegmentConfig(_Replaceable):
+class SegmentConfig(ConfigSection):
     """Everything one segmentation run needs; presets are classmethods."""
 
     window: int = 14  # METHOD 1.5: B = 14 frames per window

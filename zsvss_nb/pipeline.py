@@ -26,6 +26,7 @@ from .context import SceneContext
 from .datasets import load_gt
 from .errors import ConfigError, DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
+from .io.locks import is_claimed, probe_lock
 from .io.outputs import (
     MANIFEST,
     check_disjoint,
@@ -33,9 +34,7 @@ from .io.outputs import (
     check_output_folder,
     check_publishable,
     check_replaceable,
-    is_claimed,
     output_files,
-    probe_lock,
     staged_output,
 )
 from .io.provenance import model_identity, peak_device_gb, peak_rss_gb, versions

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..datasets import Dataset, open_dataset
 from ..errors import ConfigError, LabelError, PredictionMissingError
+from ..io.outputs import DONE_FILE
 from .metrics import PROTOCOLS, EvalResult, as_ids, evaluate
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ def load_prediction(path: str | os.PathLike[str]) -> np.ndarray:
 def run_hashes(pred_root: str | os.PathLike[str], videos: Iterable[str]) -> dict[str, str]:
     """``{video: config hash}`` from each video's ``.done.json`` under ``pred_root`` (videos
     without one, e.g. predictions of another tool, are left out)."""
-    from ..run.runner import DONE_FILE  # here: the runner imports this module
-
     hashes = {}
     for name in videos:
         try:

@@ -34,14 +34,13 @@ from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..datasets import Dataset, VideoItem
 from ..errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
+from ..io.locks import claim_output, lock_path, probe_lock
 from ..io.outputs import (
+    DONE_FILE,
     check_disjoint,
     check_name_fits,
     check_output_folder,
-    claim_output,
-    lock_path,
     output_files,
-    probe_lock,
     recover,
     staged_output,
 )
@@ -54,7 +53,6 @@ from .shards import shard as shard_videos
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = ".done.json"
 MANIFEST_NAME = re.compile(r"^run_manifest_\d+\.json$")  # PRED/run_manifest_<rank>.json
 
 
