@@ -7,7 +7,8 @@ import json
 import pytest
 
 from zsvss_nb.config import SegmentConfig
-from zsvss_nb.run.cli import build_config, build_parser, main
+from zsvss_nb.run.cli import build_parser, main
+from zsvss_nb.run.commands import build_config
 
 
 def parse(*argv: str):

@@ -19,7 +19,8 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, open_dataset
 from zsvss_nb.errors import LabelError, MissingDependencyError, ModelNotFoundError
-from zsvss_nb.run.runner import DONE_FILE, run_dataset
+from zsvss_nb.io.outputs import DONE_FILE
+from zsvss_nb.run.runner import run_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 128, 160

@@ -23,9 +23,9 @@ from PIL import Image
 
 from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import DeviceOutOfMemoryError
+from zsvss_nb.io.outputs import DONE_FILE
 from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.run.cli import main
-from zsvss_nb.run.runner import DONE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 96, 128

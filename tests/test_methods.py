@@ -19,6 +19,7 @@ from zsvss_nb.context import SceneContext, per_frame_kmeans
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
+from zsvss_nb.io.outputs import DONE_FILE
 from zsvss_nb.io.video import open_video
 from zsvss_nb.methods import (
     METHODS,
@@ -29,7 +30,7 @@ from zsvss_nb.methods import (
     resolve,
     segmenter,
 )
-from zsvss_nb.run.runner import DONE_FILE, config_hash, run_dataset
+from zsvss_nb.run.runner import config_hash, run_dataset
 from zsvss_nb.upsample import modulate
 
 

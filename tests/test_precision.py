@@ -9,7 +9,8 @@ from zsvss_nb.config import SegmentConfig
 from zsvss_nb.errors import ConfigError
 from zsvss_nb.features import extract
 from zsvss_nb.run.bench import MODES, _mode_config, reference_precision
-from zsvss_nb.run.cli import build_config, build_parser
+from zsvss_nb.run.cli import build_parser
+from zsvss_nb.run.commands import build_config
 from zsvss_nb.upsample import modulate
 
 

@@ -36,11 +36,12 @@ from zsvss_nb.config import SegmentConfig
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError, DatasetLayoutError, OutputLockedError, VideoNotFoundError
 from zsvss_nb.evaluation.metrics import evaluate
-from zsvss_nb.io import outputs
+from zsvss_nb.io import locks
 from zsvss_nb.io.video import open_video
 from zsvss_nb.io.writers import temp_path, write_video
 from zsvss_nb.pipeline import Segmenter
-from zsvss_nb.run.cli import build_config, build_parser, main
+from zsvss_nb.run.cli import build_parser, main
+from zsvss_nb.run.commands import build_config
 
 H, W = 96, 128
 MODEL = ["--model", "tiny", "--preset", "fast", "--k", "3", "--window", "3"]
@@ -645,7 +646,7 @@ def test_a_rerun_gives_the_same_labels(finished, tmp_path, capsys):
 def test_a_live_lock_fails_at_once_for_segment_and_dataset(finished, tmp_path, no_model, capsys):
     frames, out = copy_finished(finished, tmp_path)
     before = sha(out)
-    with outputs.hold_lock(out):
+    with locks.hold_lock(out):
         code, _, err = cli(_seg(frames, out), capsys)
     assert code == 2
     assert_one_line(err, f"another zsvss run (pid {os.getpid()} on {socket.gethostname()}")
@@ -653,7 +654,7 @@ def test_a_live_lock_fails_at_once_for_segment_and_dataset(finished, tmp_path, n
 
     pred = tmp_path / "pred"
     pred.mkdir()
-    with outputs.hold_lock(pred / "run_manifest_0.json"):
+    with locks.hold_lock(pred / "run_manifest_0.json"):
         code, _, err = cli(["dataset", "folder", str(frames), "--out", str(pred), *MODEL], capsys)
     assert code == 2
     assert_one_line(err, "run_manifest_0.json: another zsvss run")
@@ -666,7 +667,7 @@ def test_a_video_locked_by_another_process_stops_the_dataset_run(tmp_path, capsy
         frame_folder(root / name, 3)
     pred = tmp_path / "pred"
     pred.mkdir()
-    with outputs.hold_lock(pred / "v1"):  # e.g. a second launcher on an overlapping shard
+    with locks.hold_lock(pred / "v1"):  # e.g. a second launcher on an overlapping shard
         code, _, err = cli(["dataset", "folder", str(root), "--out", str(pred), *MODEL], capsys)
     assert code == 2
     assert_one_line(err, "v1: another zsvss run")
@@ -684,7 +685,7 @@ def _dead_pid() -> int:
 def test_a_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, capsys, caplog):
     frames, out = copy_finished(finished, tmp_path)
     stale = {"pid": _dead_pid(), "host": socket.gethostname(), "started": "yesterday"}
-    outputs.lock_path(out).write_text(json.dumps(stale))
+    locks.lock_path(out).write_text(json.dumps(stale))
     code, _, err = cli(_seg(frames, out), capsys)
     assert code == 0, err
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -694,29 +695,29 @@ def test_a_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, capsys, c
 
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
-    monkeypatch.setattr(outputs, "fcntl", None)
+    monkeypatch.setattr(locks, "fcntl", None)
     target = tmp_path / "out"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         host = socket.gethostname()
-        outputs.lock_path(target).write_text(json.dumps({"pid": sleeper.pid, "host": host}))
+        locks.lock_path(target).write_text(json.dumps({"pid": sleeper.pid, "host": host}))
         with pytest.raises(OutputLockedError, match=f"pid {sleeper.pid}"):
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
-        outputs.lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+        locks.lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
         with pytest.raises(OutputLockedError, match="on elsewhere"):  # cannot tell: alive
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
     finally:
         sleeper.kill()
         sleeper.wait()
-    outputs.lock_path(target).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    with outputs.hold_lock(target) as lock:
+    locks.lock_path(target).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
+    with locks.hold_lock(target) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
         with pytest.raises(OutputLockedError):  # the same process may not take it twice
-            with outputs.hold_lock(target):
+            with locks.hold_lock(target):
                 pass
-    assert not outputs.lock_path(target).exists()
+    assert not locks.lock_path(target).exists()
 
 
 # ------------------------------------------------------------------ real processes
@@ -1074,3 +1075,644 @@ def test_mvc_of_a_gt_without_valid_pixels_is_not_available(tmp_path, capsys):
     assert code == 0, err
     assert "| first-frame | n/a | n/a | n/a |" in stdout
     assert json.loads((tmp_path / "m.json").read_text())["mvc8"] is None
+
+
+# ------------------------------------------------------------------ issue 25: round two
+# Each numbered item of the issue has at least one row or test below (the README's
+# Reliability section lists which).
+
+ROUND2_CONFIG_CASES = [
+    ("6-lam-finite-but-huge", ["--lam", "1e20"], "upsample.lam=1e+20 must lie in"),
+    ("6-blur-sigma-tiny", ["--set", "blur_sigma=1e-30"], "upsample.blur_sigma=1e-30 must lie"),
+    ("6-bilateral-sigma-tiny", ["--set", "bilateral_sigma_color=1e-30"], "sigma_color=1e-30"),
+    ("6-kmeans-tol-huge", ["--set", "kmeans_tol=1e30"], "context.kmeans_tol=1e+30"),
+    ("10-guidance-1e308", ["--set", "guidance_scale=1e308"], "guidance_scale=1e+308 must lie"),
+    ("10-seed-beyond-2^64", ["--seed", str(2**64)], f"features.seed={2**64} must lie in"),
+    ("10-seed-negative", ["--seed", "-1"], "features.seed=-1 must lie in"),
+    ("7-propagate-temperature-inf", ["--set", "propagate.temperature=inf"], "temperature=inf"),
+    ("7-propagate-temperature-tiny", ["--set", "propagate.temperature=1e-30"], "must lie in"),
+    ("7-diffseg-kl-nan", ["--set", "diffseg.kl_threshold=nan"], "diffseg.kl_threshold=nan"),
+    ("7-diffseg-type", ["--set", "diffseg.anchors=2.5"], "diffseg.anchors='2.5'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [c[1:] for c in ROUND2_CONFIG_CASES],
+    ids=[c[0] for c in ROUND2_CONFIG_CASES],
+)
+@pytest.mark.parametrize("command", ["segment", "dataset"])
+def test_round_two_options_fail_before_the_model_loads(
+    command, extra, named, finished, tmp_path, no_model, capsys
+):
+    test_bad_options_fail_before_the_model_loads(
+        command, extra, named, finished, tmp_path, no_model, capsys
+    )
+
+
+def test_every_float_field_has_a_documented_range():
+    from dataclasses import fields as dc_fields
+    from typing import get_args
+
+    from zsvss_nb.config import STAGES
+    from zsvss_nb.fieldtypes import field_types
+
+    classes = [type(getattr(SegmentConfig(), s)) for s in STAGES] + [SegmentConfig]
+    for cls in classes:
+        for f in dc_fields(cls):
+            tp = field_types(cls)[f.name]
+            if float in (tp, *get_args(tp)):
+                assert f.name in cls._ranges, f"{cls.__name__}.{f.name} has no range"
+                lo, hi = cls._ranges[f.name]
+                default = getattr(cls(), f.name)
+                assert default is None or lo <= default <= hi
+        assert cls()._stage or cls is SegmentConfig  # every section names itself in errors
+
+
+def test_stages_guard_their_own_divisions():
+    """A config built around the checks (object.__setattr__) still fails in the stage."""
+    from zsvss_nb.config import PropagateConfig
+    from zsvss_nb.kernels.ops import gaussian_kernel1d
+    from zsvss_nb.methods.propagate import propagate_step
+    from zsvss_nb.upsample import joint_bilateral_scores
+
+    with pytest.raises(ConfigError, match="no finite taps"):
+        gaussian_kernel1d(5, 1e-200)
+    scores, guide = torch.rand(2, 4, 4), torch.rand(3, 16, 16)
+    with pytest.raises(ConfigError, match="non-finite weights"):
+        joint_bilateral_scores(scores, guide, 0.5, 1e-30)
+    cfg = PropagateConfig()
+    object.__setattr__(cfg, "temperature", 0.0)
+    cells = F.normalize(torch.rand(6, 4), dim=1)
+    with pytest.raises(ConfigError, match="temperature=0.0 must lie in"):
+        propagate_step(cells, cells[None], torch.rand(1, 6, 2), None, cfg)
+
+
+@dataclass
+class Attack:
+    """One hostile or mistaken command line of issue 25 (see :class:`Case`); ``stack`` holds
+    what must stay in place while it runs (a lock held as by another live run)."""
+
+    args: list[str]
+    named: str
+    protect: list[Path] = field(default_factory=list)
+    absent: list[Path] = field(default_factory=list)
+
+
+def _live_run(stack, target: Path) -> None:
+    """Hold ``target``'s lock as another live zsvss run would (kernel lock, its own fd)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(locks.hold_lock(target))
+
+
+def _a1_inside_live(tmp, frames, out, mp, stack):
+    _live_run(stack, tmp / "R")
+    return Attack(_seg(frames, tmp / "R" / "sub"), "lies inside", absent=[tmp / "R" / "sub"])
+
+
+def _a1_contains_live(tmp, frames, out, mp, stack):
+    _live_run(stack, out / "sub")
+    return Attack(_seg(frames, out), f"contains {out / 'sub'}, the output of another live", [out])
+
+
+def _a1_dataset_inside_live(tmp, frames, out, mp, stack):
+    _live_run(stack, tmp / "R")
+    args = ["dataset", "folder", str(frames.parent), "--out", str(tmp / "R" / "pred"), *MODEL]
+    return Attack(args, "lies inside", absent=[tmp / "R" / "pred"])
+
+
+def _a3_user_file_in_labels(tmp, frames, out, mp, stack):
+    (out / "labels" / "mine.png").write_bytes(b"my own label")
+    return Attack(_seg(frames, out), "'labels/mine.png', which zsvss did not write", [out])
+
+
+def _a3_user_folder_in_color(tmp, frames, out, mp, stack):
+    (out / "color" / "notes").mkdir()
+    (out / "color" / "notes" / "a.txt").write_text("mine\n")
+    return Attack(_seg(frames, out), "'color/notes/a.txt', which zsvss did not write", [out])
+
+
+def _a3_manifest_listing_nothing(tmp, frames, out, mp, stack):
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"]  # e.g. a folder with a hand-made manifest.json
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return Attack(_seg(frames, out), "no manifest.json lists it", [out])
+
+
+def _eval_args(pred: Path, gt: Path, *extra: str) -> list[str]:
+    return ["eval", str(pred), str(gt), "--format", "folder", *extra]
+
+
+def _a4_json_on_a_gt_label(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    label = gt / "labels" / "clip" / "000.png"
+    return Attack(_eval_args(pred, gt, "--json", str(label)), "lies inside the input", [gt])
+
+
+def _a4_json_on_a_prediction(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    target = pred / "clip" / "001.png"
+    return Attack(_eval_args(pred, gt, "--json", str(target)), "lies inside the input", [pred])
+
+
+def _a4_json_through_a_link_to_the_gt(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    (tmp / "m.json").symlink_to(gt / "labels" / "clip" / "000.png")
+    args = _eval_args(pred, gt, "--json", str(tmp / "m.json"))
+    return Attack(args, "m.json lies inside the input", [gt])
+
+
+def _a4_json_on_a_user_file(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    (tmp / "notes.txt").write_text("not a report\n")
+    args = _eval_args(pred, gt, "--json", str(tmp / "notes.txt"))
+    return Attack(args, "is not a file zsvss writes there", [tmp / "notes.txt"])
+
+
+def _a4_compare_out_inside_the_dataset(tmp, frames, out, mp, stack):
+    root = frames.parent
+    args = ["compare", "folder", str(root), "--out", str(root / "cmp"), *MODEL]
+    return Attack(args, "lies inside the input", absent=[root / "cmp"])
+
+
+def _a4_bench_json_on_a_user_file(tmp, frames, out, mp, stack):
+    (tmp / "notes.txt").write_text("not a report\n")
+    args = ["bench", "--frames", "2", "--size", "64", "--json", str(tmp / "notes.txt")]
+    return Attack(args, "is not a file zsvss writes there", [tmp / "notes.txt"])
+
+
+def _a5_planted_video_lock(tmp, frames, out, mp, stack):
+    victim = tmp / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp / "pred").mkdir()
+    (tmp / "pred" / ".frames.lock").symlink_to(victim)
+    args = ["dataset", "folder", str(frames.parent), "--out", str(tmp / "pred"), *MODEL]
+    return Attack(args, "is a symbolic link zsvss did not create", [victim])
+
+
+def _a5_planted_video_folder(tmp, frames, out, mp, stack):
+    victim = tmp / "victim"
+    victim.mkdir()
+    (victim / "keep.png").write_bytes(b"precious")
+    (tmp / "pred").mkdir()
+    (tmp / "pred" / "frames").symlink_to(victim)
+    args = ["dataset", "folder", str(frames.parent), "--out", str(tmp / "pred"), *MODEL]
+    return Attack(args, "is a symbolic link zsvss did not create", [victim])
+
+
+def _a5_planted_output_lock(tmp, frames, out, mp, stack):
+    victim = tmp / "victim.txt"
+    victim.write_text("precious\n")
+    locks.lock_path(out).unlink(missing_ok=True)
+    locks.lock_path(out).symlink_to(victim)
+    return Attack(_seg(frames, out), "the lock file is a symbolic link", [victim, out])
+
+
+def _a6_fps_tiny(tmp, frames, out, mp, stack):
+    return Attack(_seg(frames, tmp / "o", "--fps", "1e-9"), "fps=1e-09 must be a number in")
+
+
+def _a6_fps_huge(tmp, frames, out, mp, stack):
+    return Attack(_seg(frames, tmp / "o", "--fps", "1e9"), "fps=1000000000.0 must be a number")
+
+
+def _a8_frame_is_a_folder(tmp, frames, out, mp, stack):
+    (frames / "001.png").unlink()
+    (frames / "001.png").mkdir()
+    return Attack(_seg(frames, tmp / "o"), "001.png: frame entry is a folder, not an image file")
+
+
+def _a9_mixed_runs(tmp, frames, out, mp, stack):
+    pred, gt = _mixed_prediction(tmp)
+    return Attack(_eval_args(pred, gt), "come from 2 runs with different settings", [pred, gt])
+
+
+def _a10_device_cuda(tmp, frames, out, mp, stack):
+    mp.setattr(torch.cuda, "is_available", lambda: False)
+    return Attack(_seg(frames, tmp / "o", "--device", "cuda"), "--device cuda: this torch has no")
+
+
+def _a10_device_bogus(tmp, frames, out, mp, stack):
+    return Attack(_seg(frames, tmp / "o", "--device", "bogus"), "--device 'bogus': not a device")
+
+
+def _a11_mount_point(tmp, frames, out, mp, stack):
+    real = os.path.ismount
+    mp.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    return Attack(_seg(frames, out), "is a mount point", [out])
+
+
+def _a11_long_out_name(tmp, frames, out, mp, stack):
+    long = tmp / ("o" * 240)
+    return Attack(_seg(frames, long), "is 240 bytes", absent=[long])
+
+
+def _a11_long_frame_name(tmp, frames, out, mp, stack):
+    name = "f" * 245
+    shutil.copy(frames / "002.png", frames / f"{name}.png")
+    return Attack(_seg(frames, tmp / "o"), f"frame '{name}'", absent=[tmp / "o"])
+
+
+def _a11_immutable_out(tmp, frames, out, mp, stack):
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr")
+    done = subprocess.run(["chattr", "+i", str(out)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot make a folder immutable here: {done.stderr!r}")
+    stack.callback(subprocess.run, ["chattr", "-i", str(out)], check=True)
+    return Attack(_seg(frames, out), "cannot be replaced (operation not permitted)", [out])
+
+
+def _a12_full_disk_at_the_lock(tmp, frames, out, mp, stack):
+    (tmp / "full").mkdir()
+    real = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp / "full")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    mp.setattr(os, "write", write)
+    target = tmp / "full" / "out"
+    lock = locks.lock_path(target)
+    return Attack(_seg(frames, target), f"{lock}: cannot write the lock file (no space", [], [lock])
+
+
+def _a12_newline_in_a_path(tmp, frames, out, mp, stack):
+    odd = tmp / "a\nb"
+    shutil.copytree(frames, odd)
+    return Attack(_seg(odd, odd / "pred"), "a\\nb", [odd], [odd / "pred"])
+
+
+def _a12_video_named_like_the_manifest(tmp, frames, out, mp, stack):
+    root = tmp / "root"
+    shutil.copytree(frames, root / "run_manifest_0.json")
+    args = ["dataset", "folder", str(root), "--out", str(tmp / "pred"), *MODEL]
+    return Attack(args, "video 'run_manifest_0.json': its prediction folder would take")
+
+
+def _own_out_is_a_link_to_a_live_output(tmp, frames, out, mp, stack):
+    _live_run(stack, out)
+    (tmp / "alias").symlink_to(out)
+    return Attack(_seg(frames, tmp / "alias"), "another zsvss run (pid", [out])
+
+
+def _own_json_is_a_named_pipe(tmp, frames, out, mp, stack):
+    pred, gt = _eval_inputs(tmp)
+    os.mkfifo(tmp / "m.json")
+    return Attack(_eval_args(pred, gt, "--json", str(tmp / "m.json")), "not a regular file")
+
+
+def _own_lock_is_a_folder(tmp, frames, out, mp, stack):
+    locks.lock_path(out).mkdir()
+    lock = locks.lock_path(out)
+    return Attack(_seg(frames, out), "cannot create the lock file (is a folder)", [out, lock])
+
+
+def _mixed_prediction(tmp: Path) -> tuple[Path, Path]:
+    """Two labelled clips whose predictions come from runs with different config hashes."""
+    gt, pred = tmp / "gt", tmp / "pred"
+    for clip, key in (("clip", "a" * 64), ("other", "b" * 64)):
+        frame_folder(gt / clip, 2)
+        for t in range(2):
+            label_png(gt / "labels" / clip / f"{t:03d}.png")
+            label_png(pred / clip / f"{t:03d}.png")
+        done = {"config_hash": key, "files": ["000.png", "001.png"]}
+        (pred / clip / ".done.json").write_text(json.dumps(done))
+    return pred, gt
+
+
+ATTACKS: list[tuple[str, Callable]] = [
+    ("1-out-inside-a-live-output", _a1_inside_live),
+    ("1-out-contains-a-live-output", _a1_contains_live),
+    ("1-dataset-out-inside-a-live-output", _a1_dataset_inside_live),
+    ("3-user-file-in-labels", _a3_user_file_in_labels),
+    ("3-user-folder-in-color", _a3_user_folder_in_color),
+    ("3-manifest-lists-no-files", _a3_manifest_listing_nothing),
+    ("4-eval-json-on-a-gt-label", _a4_json_on_a_gt_label),
+    ("4-eval-json-on-a-prediction", _a4_json_on_a_prediction),
+    ("4-eval-json-link-to-the-gt", _a4_json_through_a_link_to_the_gt),
+    ("4-eval-json-on-a-user-file", _a4_json_on_a_user_file),
+    ("4-compare-out-inside-the-dataset", _a4_compare_out_inside_the_dataset),
+    ("4-bench-json-on-a-user-file", _a4_bench_json_on_a_user_file),
+    ("5-planted-link-as-a-video-lock", _a5_planted_video_lock),
+    ("5-planted-link-as-a-video-folder", _a5_planted_video_folder),
+    ("5-planted-link-as-the-output-lock", _a5_planted_output_lock),
+    ("6-fps-tiny", _a6_fps_tiny),
+    ("6-fps-huge", _a6_fps_huge),
+    ("8-frame-entry-is-a-folder", _a8_frame_is_a_folder),
+    ("9-eval-mixed-config-hashes", _a9_mixed_runs),
+    ("10-device-cuda-without-cuda", _a10_device_cuda),
+    ("10-device-bogus", _a10_device_bogus),
+    ("11-out-is-a-mount-point", _a11_mount_point),
+    ("11-out-name-too-long-for-staging", _a11_long_out_name),
+    ("11-frame-name-too-long-for-its-temp", _a11_long_frame_name),
+    ("11-out-is-immutable", _a11_immutable_out),
+    ("12-disk-full-writing-the-lock", _a12_full_disk_at_the_lock),
+    ("12-newline-in-a-path", _a12_newline_in_a_path),
+    ("12-video-named-like-the-run-manifest", _a12_video_named_like_the_manifest),
+    ("own-out-is-a-link-to-a-live-output", _own_out_is_a_link_to_a_live_output),
+    ("own-json-is-a-named-pipe", _own_json_is_a_named_pipe),
+    ("own-lock-is-a-folder", _own_lock_is_a_folder),
+]
+
+
+@pytest.mark.parametrize("build", [c[1] for c in ATTACKS], ids=[c[0] for c in ATTACKS])
+def test_round_two_attacks_are_refused_before_the_model_loads(
+    build, finished, tmp_path, monkeypatch, no_model, capsys
+):
+    """Exit 2, one line naming the problem, no traceback, every earlier byte in place, and
+    nothing of zsvss's left behind."""
+    import contextlib
+
+    frames, out = copy_finished(finished, tmp_path)
+    (tmp_path / "data").mkdir()
+    frames = Path(shutil.move(frames, tmp_path / "data" / "frames"))
+    with contextlib.ExitStack() as stack:
+        case = build(tmp_path, frames, out, monkeypatch, stack)
+        protected = sha(frames, out, *case.protect)
+        code, stdout, err = cli(case.args, capsys)
+        monkeypatch.undo()
+        after = sha(frames, out, *case.protect)  # while the other run's lock is still held
+    assert code == 2 and stdout == "", err
+    assert_one_line(err, case.named)
+    assert after == protected
+    for path in case.absent:
+        assert not path.exists(), path
+    leftover = [p for p in tmp_path.rglob(".*") if p.name.endswith((".tmp", ".old", ".lock"))]
+    # a planted link or folder stays as it was; nothing of zsvss's is left
+    assert not [p for p in leftover if not p.is_symlink() and p not in case.protect]
+
+
+RACE = ["--model", "tiny", "--preset", "fast", "--k", "4"]
+
+
+def _race_run(frames: Path, out: Path, seed: int, cwd: Path) -> subprocess.Popen:
+    return start_cli(["segment", str(frames), "--out", str(out), *RACE, "--seed", str(seed)], cwd)
+
+
+def _finish(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            results.append((proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+# when the second run starts, measured on the first (no fixed sleeps): at once; once the first
+# holds its lock (it is still importing torch and loading the model: the window of issue 25
+# item 2); once it has staged a label PNG (computing). At the last two the first is stopped
+# (SIGSTOP) until the second has ended, so "still importing" or "still computing" is certain
+# on a loaded machine.
+RACE_OFFSETS = {
+    "together": None,
+    "first-holds-its-lock-and-imports": lambda out: locks.lock_path(out).exists(),
+    "first-is-computing": lambda out: any(out.parent.glob(".out.*.tmp/labels/*.png")),
+}
+
+
+@pytest.mark.parametrize("offset", list(RACE_OFFSETS))
+def test_two_runs_on_one_output_race_at_several_offsets(offset, tmp_path):
+    """Item 2: whenever the second run starts, exactly one run writes the output; the other
+    is refused with one line, and the output is the winner's, complete."""
+    frames = frame_folder(tmp_path / "frames", 3)
+    out = tmp_path / "out"
+    first = _race_run(frames, out, 1, tmp_path)
+    ready = RACE_OFFSETS[offset]
+    if ready is None:
+        second = _race_run(frames, out, 2, tmp_path)
+        (code1, _, err1), (code2, _, err2) = _finish(first, second)
+    else:
+        try:
+            wait_until(first, lambda: ready(out), offset)
+            first.send_signal(signal.SIGSTOP)
+            second = _race_run(frames, out, 2, tmp_path)
+            ((code2, _, err2),) = _finish(second)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        ((code1, _, err1),) = _finish(first)
+        assert (code1, code2) == (0, 2), (err1, err2)
+    assert sorted((code1, code2)) == [0, 2], (err1, err2)
+    winner, loser_err = (1, err2) if code1 == 0 else (2, err1)
+    assert_one_line(loser_err, "another zsvss run (pid ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == winner and manifest["video"]["frames"] == 3
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert manifest["files"] == [f for f in files if f != "manifest.json"]
+    assert len(list((out / "labels").iterdir())) == 3
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("first_is", ["outer", "inner"])
+def test_nested_outputs_of_concurrent_runs(first_is, tmp_path):
+    """Item 1: runs on R and R/sub at once (R absent at the start): the second is refused,
+    the first's output is complete, nothing of either is lost."""
+    frames = frame_folder(tmp_path / "frames", 3)
+    outer, inner = tmp_path / "R", tmp_path / "R" / "sub"
+    order = [outer, inner] if first_is == "outer" else [inner, outer]
+    first = _race_run(frames, order[0], 1, tmp_path)
+    wait_until(first, lambda: locks.lock_path(order[0]).exists(), "the first run's lock")
+    second = _race_run(frames, order[1], 2, tmp_path)
+    (code1, _, err1), (code2, _, err2) = _finish(first, second)
+    assert code1 == 0 and code2 == 2, (err1, err2)
+    if first_is == "outer":
+        assert_one_line(err2, f"lies inside {outer}, the output of another live zsvss run")
+        assert sorted(p.name for p in outer.iterdir()) == [
+            "color",
+            "labels",
+            "manifest.json",
+            "overlay.mp4",
+        ]
+    else:
+        assert_one_line(err2, f"contains {inner}, the output of another live zsvss run")
+        assert len(list((inner / "labels").iterdir())) == 3
+    assert json.loads((order[0] / "manifest.json").read_text())["seed"] == 1
+    assert leftovers(tmp_path) == [] and leftovers(outer) == []
+
+
+def test_a_named_pipe_among_the_frames_is_an_error_and_never_blocks(tmp_path):
+    """Item 8: opening a FIFO would block forever; it is refused by name at once."""
+    frames = frame_folder(tmp_path / "frames", 3)
+    os.mkfifo(frames / "001b.png")
+    before = sha(frames / "000.png", frames / "001.png", frames / "002.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "zsvss_nb", "-q", *_seg(frames, tmp_path / "o")],
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert_one_line(proc.stderr, "001b.png: frame entry is a named pipe, not an image file")
+    assert sha(frames / "000.png", frames / "001.png", frames / "002.png") == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_scores_mixed_runs_only_when_allowed(tmp_path, capsys, caplog):
+    """Item 9: refused by default (a row of the attack table), scored with a warning when
+    --allow-mixed is given."""
+    pred, gt = _mixed_prediction(tmp_path)
+    code, stdout, err = cli([*_eval_args(pred, gt), "--allow-mixed"], capsys)
+    assert code == 0, err
+    assert "| first-frame |" in stdout
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("2 runs with different settings" in w and "--allow-mixed" in w for w in warnings)
+
+
+def test_an_interrupt_during_publish_is_reported_after_it(finished, tmp_path, monkeypatch, capsys):
+    """Item 12: SIGTERM (as Ctrl-C) right after the second rename of a publish: the new run is
+    in place and complete, no backup is left, and the message says so."""
+    frames, out = copy_finished(finished, tmp_path)
+    real = os.rename
+
+    def rename(src, dst):
+        real(src, dst)
+        if Path(dst) == out and Path(src).name.endswith(".tmp"):  # staging -> output
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "rename", rename)
+    code, stdout, err = cli(_seg(frames, out, "--seed", "5"), capsys)
+    monkeypatch.undo()
+    assert code == 130 and stdout == "", err
+    assert err == f"zsvss: interrupted after {out} was published; the new output is complete\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and len(list((out / "labels").iterdir())) == 5
+    assert leftovers(tmp_path) == []
+
+
+def test_what_publish_replaces_is_checked_again_when_it_publishes(
+    finished, tmp_path, monkeypatch, capsys
+):
+    """Items 1 and 3: a file of the user's that appears in the output while the run computes
+    stops the publish; the output, that file included, stays as it is."""
+    frames, out = copy_finished(finished, tmp_path)
+    original = Segmenter.segment
+
+    def segment(self, *args, **kwargs):
+        for i, result in enumerate(original(self, *args, **kwargs)):
+            if i == 0:
+                (out / "labels" / "mine.png").write_bytes(b"written meanwhile")
+            yield result
+
+    monkeypatch.setattr(Segmenter, "segment", segment)
+    before = sha(out)
+    code, stdout, err = cli(_seg(frames, out), capsys)
+    assert code == 2 and stdout == ""
+    assert_one_line(err, "'labels/mine.png', which zsvss did not write")
+    mine = out / "labels" / "mine.png"
+    assert mine.read_bytes() == b"written meanwhile"
+    assert {k: v for k, v in sha(out).items() if k != str(mine)} == before
+    assert leftovers(tmp_path) == []
+
+
+def test_a_planted_backup_link_is_never_followed(finished, tmp_path, capsys):
+    """Own attack (item 5's class): a link named like a cut publish's backup, pointing at
+    the user's folder, while the output is missing: the old code restored the link as the
+    output and the next publish replaced the folder behind it."""
+    frames, out = copy_finished(finished, tmp_path)
+    shutil.rmtree(out)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine\n")
+    (tmp_path / ".out.0123456789ab.old").symlink_to(victim)
+    before = sha(victim)
+    code, _, err = cli(_seg(frames, out, "--no-overlay"), capsys)
+    assert code == 0, err
+    assert sha(victim) == before and not out.is_symlink()
+    assert len(list((out / "labels").iterdir())) == 5 and leftovers(tmp_path) == []
+
+
+def test_segmenter_config_type_and_threads(tiny):
+    """Item 10: a dict as the config is a ConfigError; one Segmenter used from a second thread
+    while segmenting is refused clearly; Segmenters sharing a backbone in two threads give
+    the labels of a sequential run."""
+    import threading
+
+    with pytest.raises(ConfigError, match="Segmenter needs a SegmentConfig, got dict"):
+        Segmenter(tiny, {"k": 3})
+    cfg = SegmentConfig.fast().replace(k=3, window=2)
+    video = moving_box_frames(4)
+    expected = [r.labels for r in Segmenter(tiny, cfg).segment(video, progress=False)]
+    seg = Segmenter(tiny, cfg)
+    busy = seg.segment(video, progress=False)
+    next(busy)  # this thread is segmenting
+    errors: list[BaseException] = []
+
+    def use_it():
+        try:
+            list(seg.segment(video, progress=False))
+        except ConfigError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=use_it)
+    thread.start()
+    thread.join()
+    busy.close()
+    assert len(errors) == 1 and "segmenting in another thread" in str(errors[0])
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def run(i: int) -> None:
+        results[i] = [r.labels for r in Segmenter(tiny, cfg).segment(video, progress=False)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert len(results[i]) == 4
+        assert all(torch.equal(a, b) for a, b in zip(results[i], expected, strict=True))
+
+
+def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(
+    finished, tmp_path, monkeypatch, capsys
+):
+    frames, out = copy_finished(finished, tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an unexpected failure inside zsvss")
+
+    monkeypatch.setattr("zsvss_nb.pipeline.upsample", broken)
+    before = sha(out)
+    code, stdout, err = cli(_seg(frames, out), capsys)
+    assert code == 1 and stdout == ""
+    assert "Traceback" in err and "RuntimeError: an unexpected failure inside zsvss" in err
+    assert err.rstrip().splitlines()[-1].startswith("zsvss: internal error: this is a bug")
+    assert sha(out) == before and leftovers(tmp_path) == []
+
+
+def test_save_figure_checks_its_paths(tmp_path):
+    """Item 4: a figure never lands on an input or on a file zsvss did not write; its own
+    figure it overwrites."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zsvss_nb.errors import InputError, OutputOverlapError
+    from zsvss_nb.notebook.viz.export import save_figure
+
+    frames = frame_folder(tmp_path / "frames", 2)
+    photo = label_png(tmp_path / "photo.png")
+    before = sha(frames, photo)
+    fig = plt.figure()
+    try:
+        with pytest.raises(OutputOverlapError, match="lies inside the input"):
+            save_figure(fig, frames / "fig", clip=str(frames), formats=("png",))
+        with open_video(frames) as video:
+            with pytest.raises(OutputOverlapError, match="lies inside the input"):
+                save_figure(fig, frames / "000", clip=video, formats=("png",))
+        with pytest.raises(InputError, match="not a file zsvss writes there"):
+            save_figure(fig, tmp_path / "photo", formats=("pdf", "png"))
+        assert not (tmp_path / "photo.pdf").exists()  # checked before any is written
+        first = save_figure(fig, tmp_path / "new" / "fig", formats=("png",))
+        assert save_figure(fig, tmp_path / "new" / "fig", formats=("png",)) == first
+    finally:
+        plt.close(fig)
+    assert sha(frames, photo) == before

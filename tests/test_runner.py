@@ -18,10 +18,10 @@ from PIL import Image
 from zsvss_nb import SegmentConfig
 from zsvss_nb.datasets import Dataset, VideoItem, open_dataset
 from zsvss_nb.errors import ConfigError, LabelError
+from zsvss_nb.io.outputs import DONE_FILE
 from zsvss_nb.io.writers import temp_path
 from zsvss_nb.pipeline import Segmenter
 from zsvss_nb.run.runner import (
-    DONE_FILE,
     _first_frame_ids,
     config_hash,
     is_finished,
@@ -136,7 +136,8 @@ def test_resume_after_interruption_is_byte_identical(
     # and a frame this run does not produce) and of a killed writer (a temp file). The
     # interrupted re-run must leave that folder exactly as it was; --resume then replaces it.
     (out / "clip2").mkdir(parents=True)
-    (out / "clip2" / DONE_FILE).write_text(json.dumps({"config_hash": "another config"}))
+    done = {"config_hash": "another config", "files": ["004.png"]}  # the files it wrote
+    (out / "clip2" / DONE_FILE).write_text(json.dumps(done))
     (out / "clip2" / "004.png").write_bytes(b"not a png")
     temp_path(out / "clip2" / "001.png").write_bytes(b"half")  # a killed write
     earlier = {p.name: p.read_bytes() for p in (out / "clip2").iterdir()}

@@ -84,7 +84,6 @@ def test_folder_natural_order_ignores_other_files(tmp_path: Path) -> None:
         save_png(tmp_path / f"{value}.png", value)
     save_png(tmp_path / "20.PNG", 20)  # extension case must not matter
     (tmp_path / "notes.txt").write_text("not a frame")
-    (tmp_path / "sub.png").mkdir()  # a folder named like an image
     Image.new("RGB", (9, 9)).save(tmp_path / ".hidden.png")  # would be a size mismatch
     with open_video(tmp_path) as video:
         assert video.names == ["1", "2", "10", "20", "33"]
@@ -92,6 +91,10 @@ def test_folder_natural_order_ignores_other_files(tmp_path: Path) -> None:
         frames = video.read(range(5))
     assert frames.dtype == torch.uint8 and frames.shape == (5, 3, 48, 64)
     assert frames[:, :, 0, 0].tolist() == [[v] * 3 for v in (1, 2, 10, 20, 33)]
+    # an entry named like a frame that is no image file is an error, never dropped (issue 25)
+    (tmp_path / "3.png").mkdir()
+    with pytest.raises(InputError, match=r"3\.png: frame entry is a folder"):
+        open_video(tmp_path)
 
 
 def test_natural_key_on_dataset_style_names() -> None:

@@ -15,55 +15,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
-from .fieldtypes import batch_size, check_value, choices, field_types, parse_value
-
-
-class _Replaceable:
-    _stage: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        """Type-check every field against its annotation (see :func:`check_value`)."""
-        types = field_types(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            name = f"{self._stage}.{f.name}" if self._stage else f.name
-            checked = check_value(types[f.name], value, name)
-            if checked is not value:
-                object.__setattr__(self, f.name, checked)
-
-    def replace(self, **changes: Any):
-        """A copy with ``changes`` applied (fields are validated again)."""
-        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
-        unknown = [k for k in changes if k not in names]
-        if unknown:
-            raise ConfigError(
-                f"{self._stage or type(self).__name__} has no field {unknown[0]!r}; "
-                f"its fields are {', '.join(names)}"
-            )
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def parse_field(cls, name: str, text: str) -> Any:
-        """The value of command-line ``text`` for field ``name``, by the field's declared
-        type (``"true"`` for a bool, ``"6,7,8"`` for a tuple, ``"none"`` for an optional)."""
-        types = field_types(cls)
-        if name not in types or name.startswith("_"):
-            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-            raise ConfigError(
-                f"{cls._stage or cls.__name__} has no field {name!r}; "
-                f"its fields are {', '.join(names)}"
-            )
-        return parse_value(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
+from .fieldtypes import SEED_RANGE, ConfigSection, batch_size, choices
 
 
 @dataclass(frozen=True)
-class FeatureConfig(_Replaceable):
+class FeatureConfig(ConfigSection):
     """Stage 1: noising, the feature pass and which attention tensors become features."""
 
     _stage: ClassVar[str] = "features"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "guidance_scale": (0.0, 100.0),  # CFG: noise + s (cond - uncond) stays finite in fp16
+        "seed": SEED_RANGE,
+    }
 
     num_inference_steps: int = 25  # METHOD 1.2: 25 Euler steps, trailing spacing
     start_step: int = 22  # METHOD 1.2: t* = step index 22 (DDPM t = 119, sigma 0.387)
@@ -115,10 +78,15 @@ def _block_res(block: int) -> int:
 
 
 @dataclass(frozen=True)
-class ContextConfig(_Replaceable):
+class ContextConfig(ConfigSection):
     """Stage 2a: k-means initialisation and the autoregressive KNN scene context model."""
 
     _stage: ClassVar[str] = "context"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "kmeans_tol": (0.0, 1.0),  # relative to the features' variance
+        "spawn_threshold": (1e-6, 1e4),  # a feature distance (normalised features)
+        "seed": SEED_RANGE,
+    }
 
     k: int = 20  # METHOD 1.4: --num_masks 20 for VSPW
     n_init: int = 10  # METHOD 1.4: sklearn KMeans(n_init=10)
@@ -153,7 +121,7 @@ class ContextConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class RefineConfig(_Replaceable):
+class RefineConfig(ConfigSection):
     """Stage 2b: correspondence-based refinement (dense tracks + majority vote), METHOD 1.6.
 
     ``paper_compat=True`` reproduces the reference exactly: the signed hop test (only large moves
@@ -176,7 +144,7 @@ class RefineConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class UpsampleConfig(_Replaceable):
+class UpsampleConfig(ConfigSection):
     """Stage 3: masked modulation (METHOD 1.7) or a cheap baseline.
 
     The difference map D_c = blur(||I+ - I-||_2) is computed in float by default. With
@@ -186,6 +154,13 @@ class UpsampleConfig(_Replaceable):
     """
 
     _stage: ClassVar[str] = "upsample"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "lam": (-1000.0, 1000.0),  # scales attention outputs: 1000x stays finite in fp16
+        "blur_sigma": (0.01, 100.0),  # Gaussian taps exp(-(x / sigma)^2 / 2)
+        "outside_weight": (0.0, 1.0),
+        "bilateral_sigma_space": (0.01, 100.0),  # coarse cells; 1 / (2 sigma^2) in float32
+        "bilateral_sigma_color": (0.001, 100.0),  # [0, 1] RGB; 1 / (2 sigma^2) in float32
+    }
 
     method: Literal["modulation", "bilinear", "nearest", "bilateral"] = "modulation"
     lam: float = 50.0  # METHOD 1.7: lambda = 50 on the CLI (sample() default 10 is overridden)
@@ -255,7 +230,7 @@ class UpsampleConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class SvdConfig(_Replaceable):
+class SvdConfig(ConfigSection):
     """Stable Video Diffusion backbone only (METHOD 1.2, 1.7): conditioning and decoding.
 
     The window's first frame conditions the video model (CLIP image embedding and VAE-latent
@@ -264,6 +239,10 @@ class SvdConfig(_Replaceable):
     """
 
     _stage: ClassVar[str] = "svd"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "cond_aug": (0.0, 10.0),  # noise std on the conditioning frame (paper 0.02)
+        "min_guidance_scale": (0.0, 100.0),  # as features.guidance_scale
+    }
 
     fps_id: int = 14  # METHOD 1.2: the UNet's first added time id (diffusers' pipeline: fps - 1)
     motion_bucket_id: int = 127  # METHOD 1.2: second added time id
@@ -286,13 +265,18 @@ class SvdConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class DiffSegConfig(_Replaceable):
+class DiffSegConfig(ConfigSection):
     """The ``diffseg-frame`` baseline (Tian et al., CVPR 2024); defaults from google/diffseg.
 
     Its benchmark notebook runs one UNet evaluation at timestep 300 on the VAE latent (no
     noise added) with the unconditional prompt, merges a 16 x 16 anchor grid in 3 iterations at
     KL threshold 1.1 (COCO-Stuff; 0.9 for Cityscapes) and leaves the K-means refinement off.
     """
+
+    _stage: ClassVar[str] = "diffseg"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "kl_threshold": (1e-6, 1e3),  # a symmetric KL between attention maps (float32)
+    }
 
     timestep: int = 300  # DiffSeg: attention maps from one UNet call at t = 300
     add_noise: bool = False  # the official code feeds the clean latent; True: DDPM-noise it
@@ -303,6 +287,7 @@ class DiffSegConfig(_Replaceable):
     frames_per_pass: int = 1  # frames per attention pass; bounds memory, not results
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.timestep < 1000:
             raise ConfigError(f"diffseg timestep={self.timestep} must lie in [0, 1000)")
         if self.anchors < 1 or self.merge_iters < 1 or self.frames_per_pass < 1:
@@ -314,7 +299,7 @@ class DiffSegConfig(_Replaceable):
 
 
 @dataclass(frozen=True)
-class PropagateConfig(_Replaceable):
+class PropagateConfig(ConfigSection):
     """The ``propagate-first-frame`` reference: label propagation from first-frame GT.
 
     Defaults are DINO's video-segmentation protocol (Caron et al., ICCV 2021,
@@ -322,12 +307,18 @@ class PropagateConfig(_Replaceable):
     as context, top-5 neighbours within 12 cells, softmax temperature 0.1.
     """
 
+    _stage: ClassVar[str] = "propagate"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "temperature": (1e-3, 100.0),  # softmax(cos / T): |cos / T| <= 1000 in float32
+    }
+
     n_last_frames: int = 7  # DINO: --n_last_frames 7 (plus the first frame, always kept)
     radius: int = 12  # DINO: --size_mask_neighborhood 12 (cells, a square window)
     topk: int = 5  # DINO: --topk 5
     temperature: float = 0.1  # DINO: exp(cos / 0.1)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n_last_frames < 0 or self.radius < 0:
             raise ConfigError("propagate n_last_frames and radius must be >= 0")
         if self.topk < 1:
@@ -340,7 +331,7 @@ STAGES = ("features", "context", "refine", "upsample", "svd", "diffseg", "propag
 
 
 @dataclass(frozen=True)
-class SegmentConfig(_Replaceable):
+class SegmentConfig(ConfigSection):
     """Everything one segmentation run needs; presets are classmethods."""
 
     window: int = 14  # METHOD 1.5: B = 14 frames per window

@@ -79,6 +79,11 @@ class MissingDependencyError(ZsvssError, ImportError):
     """An optional package needed for the requested feature is not installed."""
 
 
+class InterruptedAfterPublish(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived while a finished run was being published: the new output is
+    in place and complete; the interrupt is reported after it, not instead of it."""
+
+
 class DeviceOutOfMemoryError(ZsvssError, RuntimeError):
     """The device ran out of memory; the message says which knobs reduce memory."""
 

@@ -16,6 +16,7 @@ import torch
 
 from .backbones.base import Backbone, FeatureResult
 from .config import SegmentConfig
+from .errors import ConfigError
 from .kernels.frames import prepare_window
 
 
@@ -37,9 +38,15 @@ def extract(
     cfg = cfg or backbone.default_config()
     started = time.perf_counter()
     images, geometry = prepare_window(window, cfg.features, backbone.size_multiple, backbone.device)
-    return backbone.extract_features(
+    result = backbone.extract_features(
         images, geometry, cfg, extra_blocks=extra_blocks, keep_cache=keep_cache, started=started
     )
+    if not bool(torch.isfinite(result.features).all()):  # k-means would fail or fit nothing
+        raise ConfigError(
+            "stage 1 gave non-finite features (overflow in the backbone's dtype): lower "
+            f"features.guidance_scale={cfg.features.guidance_scale} or use --precision fp32"
+        )
+    return result
 
 
 __all__ = [

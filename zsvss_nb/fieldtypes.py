@@ -1,6 +1,7 @@
 """Typed values for config fields and options: check a value against a field's annotation, or
 parse a command-line string by it (``--set NAME=VALUE``, comma-separated names), with one-line
-:class:`ConfigError` messages."""
+:class:`ConfigError` messages; :class:`ConfigSection`, the base of every config section, checks
+every field's type and range when a config is built."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import functools
 import math
 import re
 import typing
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
 
@@ -97,6 +99,74 @@ def parse_value(tp: Any, text: str, name: str) -> Any:
 def parse_names(text: str | None) -> list[str] | None:
     """A comma-separated option (``--methods a,b``) as its names; None when not given."""
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+SEED_RANGE = (0, 2**63 - 1)  # what torch.Generator.manual_seed takes
+
+
+class ConfigSection:
+    """Base of the stage configs: every field type-checked, every number range-checked.
+
+    ``_ranges`` gives each float field (and each seed) its valid range, inclusive: values the
+    stage survives in the dtype it computes in (float32, or float16 under autocast), so a
+    finite but extreme value fails here, naming the field, instead of giving all-zero labels.
+    Every float field must have one (``fieldtypes.check_value`` checks finiteness only).
+    """
+
+    _stage: ClassVar[str] = ""
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __post_init__(self) -> None:
+        """Type-check every field against its annotation (see :func:`check_value`), then its
+        range (``_ranges``)."""
+        types = field_types(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            name = f"{self._stage}.{f.name}" if self._stage else f.name
+            checked = check_value(types[f.name], value, name)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+            self.check_range(f.name, checked)
+
+    @classmethod
+    def check_range(cls, name: str, value: Any) -> Any:
+        """``value`` when it lies in field ``name``'s documented range (None passes), else a
+        ConfigError; stages call it on the values they divide by or exponentiate."""
+        bounds = cls._ranges.get(name)
+        if bounds is None or value is None or isinstance(value, bool):
+            return value
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            full = f"{cls._stage}.{name}" if cls._stage else name
+            raise ConfigError(f"{full}={value!r} must lie in [{lo:g}, {hi:g}]")
+        return value
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (fields are validated again)."""
+        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
+        unknown = [k for k in changes if k not in names]
+        if unknown:
+            raise ConfigError(
+                f"{self._stage or type(self).__name__} has no field {unknown[0]!r}; "
+                f"its fields are {', '.join(names)}"
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def parse_field(cls, name: str, text: str) -> Any:
+        """The value of command-line ``text`` for field ``name``, by the field's declared
+        type (``"true"`` for a bool, ``"6,7,8"`` for a tuple, ``"none"`` for an optional)."""
+        types = field_types(cls)
+        if name not in types or name.startswith("_"):
+            names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{cls._stage or cls.__name__} has no field {name!r}; "
+                f"its fields are {', '.join(names)}"
+            )
+        return parse_value(types[name], text, f"{cls._stage}.{name}" if cls._stage else name)
 
 
 def batch_size(name: str, value: Any) -> int | str:

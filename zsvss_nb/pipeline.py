@@ -8,7 +8,9 @@ memory stays flat however long the video is; nothing touches the disk between st
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +25,17 @@ from .backbones.memory import is_out_of_memory
 from .config import SegmentConfig
 from .context import SceneContext
 from .datasets import load_gt
-from .errors import DeviceOutOfMemoryError, FrameSizeError, LabelError
+from .errors import ConfigError, DeviceOutOfMemoryError, FrameSizeError, LabelError
 from .features import extract
+from .io.locks import is_claimed, probe_lock
 from .io.outputs import (
+    MANIFEST,
     check_disjoint,
+    check_name_fits,
     check_output_folder,
+    check_publishable,
     check_replaceable,
-    probe_lock,
+    output_files,
     staged_output,
 )
 from .io.provenance import model_identity, peak_device_gb, peak_rss_gb, versions
@@ -41,8 +47,19 @@ from .upsample import upsample
 
 log = logging.getLogger(__name__)
 
-# what Segmenter.run writes into its output folder (anything else there is not replaced)
-SEGMENT_OUTPUTS = ("labels", "color", "overlay.mp4", "manifest.json")
+# one lock per backbone: its attention hooks hold the tensors of one pass at a time, so the
+# windows of Segmenters sharing a backbone across threads run one after another
+_WINDOW_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_WINDOW_LOCKS_GUARD = threading.Lock()
+
+
+def window_lock(backbone: Backbone) -> threading.RLock:
+    """The lock that serialises passes through ``backbone`` across threads."""
+    with _WINDOW_LOCKS_GUARD:
+        lock = _WINDOW_LOCKS.get(backbone)
+        if lock is None:
+            lock = _WINDOW_LOCKS[backbone] = threading.RLock()
+        return lock
 
 
 @dataclass
@@ -163,10 +180,6 @@ def load_label_mask(src, size_hw: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def _segment_owned(path: Path) -> bool:
-    return path.name in SEGMENT_OUTPUTS
-
-
 def check_segment_output(
     video: Video, out_dir: str | Path, first_frame_gt=None, ignore_index: int = 255
 ) -> torch.Tensor | None:
@@ -188,8 +201,12 @@ def check_segment_output(
             )
     check_disjoint(out_dir, [*video.inputs, *([gt_path] if gt_path is not None else [])])
     check_output_folder(out_dir)
-    check_replaceable(out_dir, _segment_owned)
+    for name in video.names:  # every label PNG is written through a temp name beside it
+        check_name_fits(Path(out_dir, "labels", f"{name}.png"), f"{video.source}: frame {name!r}")
+    check_replaceable(out_dir, MANIFEST)
     probe_lock(out_dir)
+    if is_claimed(out_dir):  # under the run's lock: what publish will do, tried now
+        check_publishable(out_dir)
     return ids
 
 
@@ -205,9 +222,22 @@ class Segmenter:
         """``window_context(context, window)``, if given, wraps the video's
         :class:`SceneContext` for one window (the wrapper offers ``initialised``,
         ``initialise``, ``predict`` and ``update``); the benchmark uses it to plant known
-        coarse maps in place of the KNN's."""
+        coarse maps in place of the KNN's.
+
+        One Segmenter segments one video at a time (a second thread using it meanwhile gets a
+        :class:`ConfigError`); Segmenters sharing a backbone in several threads take turns per
+        window, as the backbone's attention hooks hold one pass at a time.
+        """
+        if cfg is not None and not isinstance(cfg, SegmentConfig):
+            raise ConfigError(
+                f"Segmenter needs a SegmentConfig, got {type(cfg).__name__}; build one with "
+                "SegmentConfig.from_dict(...) or SegmentConfig().replace(...)"
+            )
         self.backbone = backbone
         self.cfg = cfg or backbone.default_config()
+        self._guard = threading.Lock()
+        self._owner: int | None = None  # the thread segmenting now
+        self._depth = 0
         self.window_context = window_context
         self.stats = RunStats()
         if self.cfg.upsample.method == "modulation" and not backbone.can_modulate:
@@ -231,6 +261,29 @@ class Segmenter:
         (METHOD 1.4 step 2, the paper's protocol).
         """
         video = video if isinstance(video, Video) else open_video(video)
+        self._enter()
+        try:
+            yield from self._segment(video, first_frame_gt, return_debug, progress)
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner not in (None, me):
+                raise ConfigError(
+                    "this Segmenter is segmenting in another thread; use one Segmenter per "
+                    "thread (Segmenters may share a backbone)"
+                )
+            self._owner, self._depth = me, self._depth + 1
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+
+    def _segment(self, video, first_frame_gt, return_debug, progress) -> Iterator[FrameResult]:
         cfg = self.cfg
         w, h = video.size
         try:  # a frame too small for the feature grid fails here, naming the video
@@ -258,7 +311,8 @@ class Segmenter:
                         if self.window_context is None
                         else self.window_context(context, window)
                     )
-                    results = self._window(window, ctx, gt, return_debug, stats)
+                    with window_lock(self.backbone):
+                        results = self._window(window, ctx, gt, return_debug, stats)
                 except RuntimeError as err:
                     if isinstance(err, DeviceOutOfMemoryError) or not is_out_of_memory(err):
                         raise
@@ -362,14 +416,15 @@ class Segmenter:
                 self.stats.add({"write": time.perf_counter() - tic})
                 yield panel
 
-        with staged_output(out, owned=_segment_owned) as stage:
+        with staged_output(out, MANIFEST) as stage:
             if overlay:
                 write_video(stage / "overlay.mp4", frames(stage), fps=video.fps or 10.0)
             else:
                 for _ in frames(stage):
                     pass
             manifest = self.manifest(video, first_frame_gt, started)
-            atomic_write_json(stage / "manifest.json", manifest)
+            manifest["files"] = output_files(stage)  # what a later run may replace
+            atomic_write_json(stage / MANIFEST, manifest)
         return manifest
 
     def manifest(self, video, first_frame_gt, started: float) -> dict[str, Any]:

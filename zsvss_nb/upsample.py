@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .backbones.base import Backbone, FeatureResult, ModulationMaps
 from .config import SegmentConfig, UpsampleConfig
+from .errors import ConfigError
 from .kernels.frames import Geometry, restore
 from .kernels.ops import filter_weights, one_hot_maps, restore_argmax
 
@@ -106,7 +107,13 @@ def joint_bilateral_scores(
         weight = torch.exp(logw - peak)[None]
         num += weight * scores[:, qy][:, :, qx]
         den += weight
-    return num / den
+    out = num / den
+    if not bool(torch.isfinite(out).all()):  # an overflowing 1 / sigma^2
+        raise ConfigError(
+            f"joint-bilateral upsampling: sigma_space={sigma_space}, sigma_color={sigma_color} "
+            "give non-finite weights; use the ranges of upsample.bilateral_sigma_*"
+        )
+    return out
 
 
 def bilateral_labels(
@@ -211,7 +218,13 @@ def upsample(
     """
     method = cfg.upsample.method
     if method == "modulation" and backbone.can_modulate:
-        return modulate(backbone, feats, coarse, cfg, classes)
+        result = modulate(backbone, feats, coarse, cfg, classes)
+        if result.diff is not None and not bool(torch.isfinite(result.diff).all()):
+            raise ConfigError(
+                f"stage 3 gave non-finite difference maps (overflow): lower upsample.lam="
+                f"{cfg.upsample.lam} or use --precision fp32"
+            )
+        return result
     if method == "modulation":  # the Segmenter warns once per run (Segmenter.__init__)
         log.debug("backbone %s cannot modulate: bilinear upsampling", backbone.name)
         method = "bilinear"

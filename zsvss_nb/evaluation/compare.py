@@ -35,9 +35,10 @@ from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..datasets import Dataset
 from ..errors import ConfigError
+from ..io.outputs import DONE_FILE
 from ..io.provenance import model_identity
 from ..methods import available, get_method
-from ..run.runner import DONE_FILE, config_hash, is_finished, run_dataset
+from ..run.runner import config_hash, is_finished, run_dataset
 from .evaluate import evaluate_folders
 from .metrics import PROTOCOLS
 from .report import Comparison, ComparisonRow

@@ -14,6 +14,8 @@ runs the pipeline.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +28,10 @@ from PIL import Image, UnidentifiedImageError
 
 from ..datasets import Dataset, open_dataset
 from ..errors import ConfigError, LabelError, PredictionMissingError
+from ..io.outputs import DONE_FILE
 from .metrics import PROTOCOLS, EvalResult, as_ids, evaluate
+
+log = logging.getLogger(__name__)
 
 
 def load_prediction(path: str | os.PathLike[str]) -> np.ndarray:
@@ -43,6 +48,44 @@ def load_prediction(path: str | os.PathLike[str]) -> np.ndarray:
         raise LabelError(f"{p}: cannot read prediction image ({e})") from e
 
 
+def run_hashes(pred_root: str | os.PathLike[str], videos: Iterable[str]) -> dict[str, str]:
+    """``{video: config hash}`` from each video's ``.done.json`` under ``pred_root`` (videos
+    without one, e.g. predictions of another tool, are left out)."""
+    hashes = {}
+    for name in videos:
+        try:
+            data = json.loads((Path(pred_root) / name / DONE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("config_hash"), str):
+            hashes[name] = data["config_hash"]
+    return hashes
+
+
+def check_one_run(
+    pred_root: str | os.PathLike[str], videos: Iterable[str], allow_mixed: bool = False
+) -> None:
+    """Refuse (ConfigError) a prediction folder whose videos carry different config hashes,
+    i.e. mixes runs with different settings; ``allow_mixed`` makes it a warning."""
+    by_hash: dict[str, list[str]] = {}
+    for name, key in run_hashes(pred_root, videos).items():
+        by_hash.setdefault(key, []).append(name)
+    if len(by_hash) < 2:
+        return
+    groups = "; ".join(
+        f"{key[:12]} for {', '.join(names[:2])}{' ...' if len(names) > 2 else ''}"
+        for key, names in sorted(by_hash.items(), key=lambda kv: kv[1][0])
+    )
+    text = (
+        f"{pred_root}: its videos come from {len(by_hash)} runs with different settings ({groups})"
+    )
+    if not allow_mixed:
+        raise ConfigError(
+            f"{text}; score one run at a time, or pass --allow-mixed (allow_mixed=True)"
+        )
+    log.warning("%s; scoring them together as asked (--allow-mixed)", text)
+
+
 def evaluate_folders(
     pred_root: str | os.PathLike[str],
     dataset_or_gt_root: Dataset | str | os.PathLike[str],
@@ -53,6 +96,7 @@ def evaluate_folders(
     split: str | None = None,
     vc_ns: Sequence[int] = (8, 16),
     strict_ids: bool | None = None,
+    allow_mixed: bool = False,
 ) -> EvalResult:
     """Score predictions ``pred_root/<video>/<frame stem>.png`` against a dataset's GT.
 
@@ -64,7 +108,9 @@ def evaluate_folders(
     wrong ``num_classes`` or ignore id would otherwise drop those pixels silently); False keeps
     the official evaluator's behaviour of not counting them. The default (None) is the format's
     ``strict_ids``: strict for every built-in format but VSPW, whose official evaluator counts
-    only GT ids in [0, 124) by design.
+    only GT ids in [0, 124) by design. Videos whose ``.done.json`` carry different config hashes
+    (runs with different settings mixed in one folder) are refused unless ``allow_mixed``
+    (:func:`check_one_run`).
     """
     root = Path(pred_root)
     if isinstance(dataset_or_gt_root, Dataset):
@@ -96,6 +142,7 @@ def evaluate_folders(
                 f"frame(s), first {missing[0]}.png"
             )
         jobs.append((v, folder, names))
+    check_one_run(root, [v.name for v, _, _ in jobs], allow_mixed)
 
     def videos() -> Iterator[tuple[str, list[Any], list[Any]]]:
         for v, folder, names in jobs:

@@ -17,16 +17,24 @@ import bisect
 import contextlib
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import FrameSizeError, UnsupportedImageError, VideoDecodeError
+from ..errors import (
+    FrameSizeError,
+    InputError,
+    UnsupportedImageError,
+    VideoDecodeError,
+    VideoNotFoundError,
+    os_problem,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -78,10 +86,45 @@ def to_rgb(im: Image.Image, name: str) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def open_regular(path: Path, what: str = "frame") -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (links followed), else an
+    InputError naming it. Opened non-blocking first, so a named pipe never blocks the run."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as err:
+        if path.is_symlink():
+            raise VideoNotFoundError(f"{path}: {what} is a broken symbolic link") from err
+        raise VideoNotFoundError(f"{path}: {what} does not exist") from err
+    except OSError as err:
+        raise VideoDecodeError(f"{path}: cannot read the {what} ({os_problem(err)})") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise InputError(f"{path}: {what} entry is {kind}, not an image file; move it away")
+    return os.fdopen(fd, "rb")
+
+
+def check_regular(path: Path, what: str = "frame") -> Path:
+    """``path`` when it is a readable regular file (see :func:`open_regular`)."""
+    open_regular(path, what).close()
+    return path
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """Decode one image file to 8-bit RGB ``[H, W, 3]``."""
+    f = open_regular(path)
     try:
-        with Image.open(path) as im:
+        with f, Image.open(f) as im:
             im.load()
             return to_rgb(im, str(path))
     except (OSError, Image.DecompressionBombError) as err:

@@ -58,7 +58,7 @@ def package_commit() -> dict[str, Any]:
     the ``zsvss_nb`` folder of a git checkout (an installed wheel, no git). ``dirty`` says
     whether tracked files of the package differ from that commit. Read once per process.
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # zsvss_nb/, this module being in io/
     top = _git(package, "rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() / package.name != package:
         return {"commit": None, "dirty": None}

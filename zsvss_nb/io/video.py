@@ -40,9 +40,12 @@ from .decoders import (
     ImageReader,
     PyAVReader,
     Reader,
+    check_regular,
     one_line,
+    open_regular,
     quiet_native_stderr,
 )
+from .writers import check_fps
 
 # --------------------------------------------------------------------------------------------
 # Video and windows
@@ -210,8 +213,9 @@ def _open_images(
         if path.stem in seen:
             raise InputError(f"{path}: frame name {path.stem!r} also used by {seen[path.stem]}")
         seen[path.stem] = path
+        f = open_regular(path)  # a folder, pipe or device named like a frame: an error
         try:
-            with Image.open(path) as im:
+            with f, Image.open(f) as im:
                 this, mode = im.size, im.mode
         except (OSError, Image.DecompressionBombError) as err:
             raise VideoDecodeError(f"{path}: cannot read image ({one_line(err)})") from err
@@ -231,6 +235,7 @@ def _open_images(
 
 def _open_video_file(path: Path, fps: float | None, backend: str) -> Video:
     """Open with decord, falling back to PyAV; both failing is a VideoDecodeError."""
+    check_regular(path, "video file")  # a named pipe would block the decoder
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path}: file is empty (0 bytes)")
     failures: list[str] = []
@@ -301,8 +306,8 @@ def open_video(
     in [0, 1]. fps overrides the file's rate (folders and arrays have none otherwise).
     backend: which video decoder to try ("auto" = decord, then PyAV).
     """
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
-        raise InputError(f"fps={fps}: must be a positive number")
+    if fps is not None:
+        fps = check_fps(fps)
     if backend not in ("auto", "decord", "pyav"):
         raise ConfigError(f"backend={backend!r}: use 'auto', 'decord' or 'pyav'")
     if isinstance(src, (np.ndarray, torch.Tensor)):
@@ -316,14 +321,13 @@ def open_video(
                 entries = list(path.iterdir())
             except OSError as err:
                 raise PathError(f"{path}: cannot list the folder ({os_problem(err)})") from err
-            frames = []
-            for p in entries:
-                if p.suffix.lower() not in IMAGE_EXTENSIONS or p.name.startswith("."):
-                    continue
-                if p.is_symlink() and not p.exists():
-                    raise VideoNotFoundError(f"{p}: frame is a broken symbolic link")
-                if p.is_file():
-                    frames.append(p)
+            # every entry named like a frame is one: anything but a readable regular image
+            # file is an error naming it, never dropped (that would shift the frame indices)
+            frames = [
+                p
+                for p in entries
+                if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            ]
             if not frames:
                 raise EmptyVideoError(f"{path}: folder holds no jpg/jpeg/png frames")
             frames.sort(key=lambda p: natural_key(p.stem))
@@ -342,10 +346,7 @@ def open_video(
             raise EmptyVideoError("empty list of frame paths")
         paths = [Path(p).expanduser() for p in src]
         for path in paths:
-            if path.is_symlink() and not path.exists():
-                raise VideoNotFoundError(f"{path}: frame is a broken symbolic link")
-            if not path.is_file():
-                raise VideoNotFoundError(f"{path}: no such image file")
+            check_regular(path)
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise InputError(f"{path}: not a jpg/jpeg/png frame")
         source = f"<list of {len(paths)} images from {paths[0].parent}>"

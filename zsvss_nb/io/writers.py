@@ -13,14 +13,11 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     EmptyVideoError,
@@ -31,6 +28,11 @@ from ..errors import (
     PathError,
     os_problem,
 )
+
+if TYPE_CHECKING:  # numpy, torch and PIL load on first use: the CLI takes its locks first
+    import numpy as np
+    import torch
+    from PIL import Image
 
 TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
@@ -96,8 +98,23 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
+FPS_RANGE = (0.001, 1000.0)  # frame rates an mp4 stores exactly (rate kept to 1/100000)
+
+
+def check_fps(fps: Any, what: str = "fps") -> float:
+    """``fps`` as a float, or an InputError: a number in :data:`FPS_RANGE` (a rate outside it
+    would be stored as 0 or a rounded rate, and players fall back to 24)."""
+    lo, hi = FPS_RANGE
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not lo <= fps <= hi:
+        raise InputError(f"{what}={fps!r} must be a number in [{lo:g}, {hi:g}]")
+    return float(fps)
+
+
 def _as_numpy(array: Any) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
+    import numpy as np
+
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(array, torch.Tensor):
         return array.detach().cpu().numpy()
     return np.asarray(array)
 
@@ -116,9 +133,9 @@ def write_video(
     file next to ``path``, renamed over ``path`` only on success.
     """
     import av
+    import numpy as np
 
-    if not (np.isfinite(fps) and fps > 0):
-        raise InputError(f"{path}: fps={fps} must be a positive number")
+    check_fps(fps, f"{path}: fps")
     path = Path(path)
     codec = next((c for c in ("libx264", "h264", "libopenh264") if c in av.codecs_available), None)
     if codec is None:
@@ -172,6 +189,9 @@ def atomic_write_png(
     when ``palette`` is given, so PIL reads the ids back), or uint8 RGB ``[H, W, 3]``.
     palette: flat [r, g, b, r, g, b, ...] or ``[n, 3]``, n <= 256.
     """
+    import numpy as np
+    from PIL import Image
+
     path = Path(path)
     if isinstance(image, Image.Image):
         img = image

@@ -44,7 +44,10 @@ def gaussian_kernel1d(
     """Normalised 1-D Gaussian taps, as cv2.getGaussianKernel(size, sigma) (float64 inside)."""
     x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     k = torch.exp(-(x**2) / (2 * sigma**2))
-    return (k / k.sum()).to(dtype)
+    k = k / k.sum()
+    if not (sigma > 0 and bool(torch.isfinite(k).all())):  # sigma ~ 0 makes 0 / 0 taps
+        raise ConfigError(f"Gaussian blur: sigma={sigma} gives no finite taps; use sigma >= 0.01")
+    return k.to(dtype)
 
 
 def _reflect101_index(n: int, r: int, device=None) -> torch.Tensor:

@@ -61,6 +61,7 @@ def propagate_step(
     labels, near [N, N] or None. Returns [N, K]: the top-k context cells' labels weighted by
     softmax(cos / temperature) over those k (= DINO's exp(cos / T) renormalised).
     """
+    PropagateConfig.check_range("temperature", cfg.temperature)  # it divides below
     s, m, _ = sources.shape
     sim = torch.einsum("nc,smc->nsm", target, sources) / cfg.temperature  # [N, S, M]
     if near is not None:

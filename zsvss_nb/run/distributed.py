@@ -141,6 +141,35 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _map_videos(
+    ray: Any,
+    names: list[str],
+    worker_kwargs: dict[str, Any],
+    concurrency: int | None,
+    num_gpus: float,
+    num_cpus: float,
+) -> list[dict[str, Any]]:
+    """One :class:`VideoWorker` row per video name, run on an actor pool of ``concurrency``
+    actors (None: 1 up to one per video)."""
+    compute = (
+        ray.data.ActorPoolStrategy(size=concurrency)
+        if concurrency is not None
+        else ray.data.ActorPoolStrategy(min_size=1, max_size=len(names))
+    )
+    return (
+        ray.data.from_items([{"video": n} for n in names])
+        .map_batches(
+            VideoWorker,
+            fn_constructor_kwargs=worker_kwargs,
+            batch_size=1,
+            compute=compute,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+        )
+        .take_all()
+    )
+
+
 def run_dataset_ray(
     dataset: Dataset,
     out_root: str | os.PathLike[str],
@@ -192,32 +221,18 @@ def run_dataset_ray(
     if started:
         ray.init(address=ray_address, runtime_env=runtime_env, include_dashboard=False)
     try:
-        size = concurrency
-        compute = (
-            ray.data.ActorPoolStrategy(size=size)
-            if size is not None
-            else ray.data.ActorPoolStrategy(min_size=1, max_size=len(names))
-        )
         tic = time.perf_counter()
-        rows = (
-            ray.data.from_items([{"video": n} for n in names])
-            .map_batches(
-                VideoWorker,
-                fn_constructor_kwargs={
-                    "dataset": dataset,
-                    "out_root": str(out),
-                    "model_spec": str(model_spec),
-                    "cfg": cfg_dict,
-                    "use_first_frame_gt": use_first_frame_gt,
-                    "resume": resume,
-                    "method": method,
-                },
-                batch_size=1,
-                compute=compute,
-                num_gpus=num_gpus_per_worker,
-                num_cpus=num_cpus_per_worker,
-            )
-            .take_all()
+        worker_kwargs = {
+            "dataset": dataset,
+            "out_root": str(out),
+            "model_spec": str(model_spec),
+            "cfg": cfg_dict,
+            "use_first_frame_gt": use_first_frame_gt,
+            "resume": resume,
+            "method": method,
+        }
+        rows = _map_videos(
+            ray, names, worker_kwargs, concurrency, num_gpus_per_worker, num_cpus_per_worker
         )
         rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
         rows.sort(key=lambda s: natural_key(str(s["video"])))

@@ -2,8 +2,9 @@
 
 Outputs follow the layout the official VSPW scripts read: ``PRED/<video>/<frame stem>.png``
 (uint8 label ids at the original resolution). Each finished video also gets
-``PRED/<video>/.done.json`` (frames, seconds, config hash), written last, so its presence marks
-a finished video; ``PRED/run_manifest_<rank>.json`` records each process's run.
+``PRED/<video>/.done.json`` (frames, seconds, config hash, the files it wrote), written last,
+so its presence marks a finished video; ``PRED/run_manifest_<rank>.json`` records each
+process's run.
 
 The per-video function :func:`segment_video_item` is what every launcher runs: the sequential
 :func:`run_dataset` (one process, ``--shard i/N``, ``torchrun``/``accelerate launch``) and the
@@ -18,8 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,13 @@ from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..datasets import Dataset, VideoItem
 from ..errors import ConfigError, DatasetLayoutError, LabelError, PathError, os_problem
+from ..io.locks import claim_output, lock_path, probe_lock
 from ..io.outputs import (
+    DONE_FILE,
     check_disjoint,
+    check_name_fits,
     check_output_folder,
-    hold_lock,
-    probe_lock,
+    output_files,
     recover,
     staged_output,
 )
@@ -44,12 +48,12 @@ from ..io.provenance import model_identity, versions
 from ..io.video import open_video
 from ..io.writers import atomic_write_json, atomic_write_png
 from ..methods import DEFAULT, get_method, hashed_config, resolve, segmenter
-from .shards import rank_from_env
+from .shards import manifest_path, rank_from_env
 from .shards import shard as shard_videos
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = ".done.json"
+MANIFEST_NAME = re.compile(r"^run_manifest_\d+\.json$")  # PRED/run_manifest_<rank>.json
 
 
 def config_hash(
@@ -104,11 +108,6 @@ def _first_frame_ids(item: VideoItem, dataset: Dataset, cfg: SegmentConfig) -> n
     return ids
 
 
-def _video_owned(path: Path) -> bool:
-    """What a video's prediction folder holds: label PNGs and the finished mark."""
-    return path.name == DONE_FILE or (path.suffix == ".png" and path.is_file())
-
-
 def dataset_inputs(dataset: Dataset) -> list[Path]:
     """The root and every frame folder, label folder and video file ``dataset`` reads."""
     inputs: dict[Path, None] = {Path(dataset.root): None}
@@ -123,11 +122,28 @@ def dataset_inputs(dataset: Dataset) -> list[Path]:
 def check_dataset_output(dataset: Dataset, out_root: str | os.PathLike[str], rank: int) -> None:
     """What :func:`run_dataset` checks before it computes anything, callable before a model
     loads: ``out_root`` lies outside the dataset's inputs, can be written, and no live process
-    runs rank ``rank`` into it."""
+    runs rank ``rank`` into it; no video takes the name of zsvss's own files there, every
+    video folder and label PNG name fits with its temp name, and no video's folder or lock
+    is a link zsvss did not create."""
     out = Path(out_root)
     check_disjoint(out, dataset_inputs(dataset))
     check_output_folder(out, beside=False)
-    probe_lock(out / f"run_manifest_{rank}.json")
+    for item in dataset.videos:
+        if MANIFEST_NAME.match(item.name) or item.name.startswith("."):
+            raise DatasetLayoutError(
+                f"video {item.name!r}: its prediction folder would take the name of zsvss's "
+                "own files in the output (run_manifest_<rank>.json, hidden names); rename it"
+            )
+        check_name_fits(out / item.name, f"video {item.name!r}")
+        for path in (out / item.name, lock_path(out / item.name)):
+            if path.is_symlink():  # zsvss writes there and never follows a link it did not make
+                raise PathError(
+                    f"{path}: is a symbolic link zsvss did not create; it never follows one in "
+                    "a folder it writes: remove it"
+                )
+        for name in item.frame_names:  # each label PNG is written through a temp name
+            check_name_fits(out / item.name / f"{name}.png", f"video {item.name}: frame {name!r}")
+    probe_lock(manifest_path(out, rank))
 
 
 def segment_video_item(
@@ -164,7 +180,8 @@ def segment_video_item(
     tic = time.perf_counter()
     seg = segmenter(backbone, cfg, method)
     count = 0
-    with video, staged_output(Path(out_root) / item.name, owned=_video_owned) as stage:
+    target = Path(out_root) / item.name  # a link there was not made by zsvss: refused
+    with video, staged_output(target, DONE_FILE, follow=False) as stage:
         for result in seg.segment(video, first_frame_gt=gt, progress=progress):
             atomic_write_png(stage / f"{result.name}.png", result.labels.numpy())
             count += 1
@@ -180,6 +197,7 @@ def segment_video_item(
                 "first_frame_gt": str(item.first_frame_gt) if gt is not None else None,
                 "zsvss_version": versions()["zsvss"],
                 "stats": seg.stats.to_dict(),
+                "files": output_files(stage),
             },
         )
     return {
@@ -216,6 +234,39 @@ def local_device(
                 raise ConfigError(f"{var}={e[var]!r} is not an integer") from err
             return torch.device("cuda", local % count)
     return None
+
+
+def _make_root(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathError(f"{out}: cannot create the output folder ({os_problem(err)})") from err
+
+
+def _segment_share(
+    items: Iterable[VideoItem],
+    out: Path,
+    resume: bool,
+    key: str,
+    done: list[dict[str, Any]],
+    skipped: list[str],
+    error: dict[str, str],
+    segment: Callable[[VideoItem], dict[str, Any]],
+) -> None:
+    """Segment ``items`` in order: each result appended to ``done``, a video finished with
+    config hash ``key`` skipped under ``resume`` (its name appended to ``skipped``); a failure
+    is recorded in ``error`` and re-raised, never skipped."""
+    for item in items:
+        if resume and is_finished(out / item.name, key):
+            skipped.append(item.name)
+            continue
+        try:
+            done.append(segment(item))
+        except BaseException as err:
+            error.update(video=item.name, type=type(err).__name__, message=str(err))
+            # INFO, not ERROR: the caller reports the re-raised error (the CLI: one line)
+            log.info("video %s failed: %s", item.name, err)
+            raise
 
 
 def run_dataset(
@@ -255,15 +306,12 @@ def run_dataset(
     key = config_hash(cfg, backbone, use_first_frame_gt, method)
     out = Path(out_root)
     check_dataset_output(dataset, out, rank)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PathError(f"{out}: cannot create the output folder ({os_problem(err)})") from err
+    _make_root(out)
     started = time.time()
     tic = time.perf_counter()
     done: list[dict[str, Any]] = []
     skipped: list[str] = []
-    error: dict[str, str] | None = None
+    error: dict[str, str] = {}
 
     def manifest() -> dict[str, Any]:
         return {
@@ -288,43 +336,34 @@ def run_dataset(
             "videos_done": done,
             "videos_skipped": skipped,
             "frames_done": sum(d["frames"] for d in done),
-            "error": error,
+            "error": error or None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "seconds": round(time.perf_counter() - tic, 3),
         }
 
-    manifest_path = out / f"run_manifest_{rank}.json"
+    record = manifest_path(out, rank)
     bar = tqdm(items, desc=f"videos [shard {rank}/{world}]", unit="video", disable=not progress)
-    # one process per rank and output: a second one with the same shard fails here at once
-    with hold_lock(manifest_path):
-        recover(manifest_path)
+    # one process per rank and output, from the start (the CLI claims it before the model
+    # loads) to the end: a second one with the same shard fails at once
+    with claim_output(record):
+        recover(record)
         try:
-            for item in bar:
-                if resume and is_finished(out / item.name, key):
-                    skipped.append(item.name)
-                    continue
-                try:
-                    done.append(
-                        segment_video_item(
-                            item,
-                            out,
-                            backbone,
-                            cfg,
-                            use_first_frame_gt,
-                            dataset,
-                            key=key,
-                            method=method,
-                        )
-                    )
-                except BaseException as err:
-                    error = {"video": item.name, "type": type(err).__name__, "message": str(err)}
-                    # INFO, not ERROR: the caller reports the re-raised error (the CLI: one line)
-                    log.info("video %s failed: %s", item.name, err)
-                    raise
+            _segment_share(
+                bar,
+                out,
+                resume,
+                key,
+                done,
+                skipped,
+                error,
+                lambda item: segment_video_item(
+                    item, out, backbone, cfg, use_first_frame_gt, dataset, key=key, method=method
+                ),
+            )
         finally:
             bar.close()
             result = manifest()
-            atomic_write_json(manifest_path, result)
+            atomic_write_json(record, result)
     return result
 
 

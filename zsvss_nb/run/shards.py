@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
-from ..datasets import natural_key
 from ..errors import ConfigError
 
 T = TypeVar("T")
@@ -19,10 +19,17 @@ def shard(videos: Iterable[T], index: int, count: int) -> list[T]:
     on the names, so every process computes the same disjoint split. Items are VideoItems (or
     anything with ``.name``) or plain strings.
     """
+    from ..datasets import natural_key  # here: the CLI reads the rank before anything heavy
+
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"shard {index}/{count}: need count >= 1 and 0 <= index < count")
     items = sorted(videos, key=lambda v: natural_key(str(getattr(v, "name", v))))
     return items[index::count]
+
+
+def manifest_path(out_root: str | os.PathLike[str], rank: int) -> Path:
+    """Where rank ``rank`` records its run (and holds its lock): ``run_manifest_<rank>.json``."""
+    return Path(out_root) / f"run_manifest_{rank}.json"
 
 
 _RANK_VARS = (

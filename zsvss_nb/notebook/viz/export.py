@@ -26,6 +26,7 @@ from PIL import Image
 
 from ... import __version__
 from ...errors import InputError
+from ...io.outputs import check_output_file
 from ...io.provenance import config_record, model_identity, model_record, package_info, versions
 from ...io.writers import atomic_write
 
@@ -206,15 +207,24 @@ def save_figure(
         "svg": {"Description": prov_json, "Keywords": model_json, "Creator": software},
     }
     stem = Path(path_stem)
+    targets = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    shown = [clip] if isinstance(clip, (str, os.PathLike)) else getattr(clip, "inputs", [])
+    for target in targets:  # all checked before any is written
+        check_output_file(target, "figure", shown, _is_figure, create_parent=True)
     bbox = "tight" if size is None else None  # a paper size is the exact size of the file
     with matplotlib.rc_context(_SAVE_STYLE), _figure_width(fig, size):
         return [
-            atomic_write(
-                stem.with_name(f"{stem.name}.{fmt}"),
-                functools.partial(_savefig, fig, fmt, dpi, bbox, meta[fmt]),
-            )
-            for fmt in formats
+            atomic_write(target, functools.partial(_savefig, fig, fmt, dpi, bbox, meta[fmt]))
+            for target, fmt in zip(targets, formats, strict=True)
         ]
+
+
+def _is_figure(path: Path) -> bool:
+    """Whether ``path`` is a figure :func:`save_figure` wrote (what it may overwrite)."""
+    try:
+        return str(read_figure_metadata(path).get("software") or "").startswith("zsvss")
+    except Exception:  # any unreadable file: not ours
+        return False
 
 
 def _pdf_string(data: bytes, key: bytes) -> str | None:

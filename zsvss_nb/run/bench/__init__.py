@@ -26,13 +26,11 @@ them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +39,9 @@ from ...backbones.precision import default_device, native_bf16
 from ...config import SegmentConfig
 from ...errors import ConfigError
 from ...fieldtypes import parse_names
+from ...io.outputs import check_output_file
 from ...io.provenance import machine_info, rss_gb
+from ...io.writers import atomic_write_json
 from .load import busy_processes, check_load
 from .measure import STAGES, agreement, run_mode
 from .workload import synthetic_video
@@ -202,6 +202,8 @@ def run_benchmark(
             raise ConfigError(f"benchmark mode {mode!r} is not known; choose from {sorted(MODES)}")
     if size % 64:
         raise ConfigError(f"size={size}: use a multiple of 64 so no resizing is measured")
+    if json_path is not None:  # before the (long) benchmark
+        check_output_file(json_path, "--json", create_parent=True)
     check_load(load)
     base = SegmentConfig.from_preset(preset or ("tiny" if model == "tiny" else "paper-sd"))
     base = base.replace(window=window)
@@ -291,9 +293,7 @@ def run_benchmark(
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str))
+        atomic_write_json(json_path, result)
     return result
 
 
