@@ -31,6 +31,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -194,17 +195,7 @@ def run_benchmark(
     ``load`` > 0 runs the primary mode once more with that many busy processes beside it
     (:func:`~zsvss_nb.run.bench.load.busy_processes`) and reports the loaded/idle ratio (``load``).
     """
-    modes = list(dict.fromkeys(modes))
-    if not modes:
-        raise ConfigError("no benchmark mode given")
-    for mode in modes:
-        if mode not in MODES:
-            raise ConfigError(f"benchmark mode {mode!r} is not known; choose from {sorted(MODES)}")
-    if size % 64:
-        raise ConfigError(f"size={size}: use a multiple of 64 so no resizing is measured")
-    if json_path is not None:  # before the (long) benchmark
-        check_output_file(json_path, "--json", create_parent=True)
-    check_load(load)
+    modes = _checked_modes(modes, size, json_path, load)
     base = SegmentConfig.from_preset(preset or ("tiny" if model == "tiny" else "paper-sd"))
     base = base.replace(window=window)
     work = synthetic_video(frames, size, classes, seed)
@@ -218,46 +209,21 @@ def run_benchmark(
         else:
             _warm_up(backbone, size)
             info = _backbone_info(backbone, channels_last)
-    runs: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
+    job = {
+        "model": model,
+        "dtype": dtype,
+        "device": device,
+        "size": size,
+        "frames": frames,
+        "classes": classes,
+        "seed": seed,
+        "overlay": overlay,
+        "coarse": coarse,
+        "channels_last": channels_last,
+    }
+    measurer = _Measurer(backbone if not isolate else None, work, job, info)
     run_device = backbone.device if backbone is not None else device or default_device()
-    native = native_bf16(run_device)
-
-    def measure(cfg: SegmentConfig) -> dict[str, Any]:
-        nonlocal info
-        if not isolate:
-            run = run_mode(backbone, cfg, work, overlay, coarse)
-        else:
-            job = {
-                "model": model,
-                "dtype": dtype,
-                "device": device,
-                "size": size,
-                "frames": frames,
-                "classes": classes,
-                "seed": seed,
-                "overlay": overlay,
-                "coarse": coarse,
-                "channels_last": channels_last,
-                "cfg": cfg,
-                "threads": torch.get_num_threads(),
-            }
-            run = _run_isolated(job)
-            info = run.pop("backbone")
-        run["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        return run
-
-    configs = {}
-    for mode in modes:
-        cfg = _mode_config(base, mode, run_device)
-        if cfg.uses_bfloat16 and not (native or allow_emulated_bf16):
-            skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
-            log.warning("skipping mode %s: %s", mode, skipped[mode])
-            continue
-        configs[mode] = cfg
-        runs[mode] = measure(cfg)
-    if not runs:
-        raise ConfigError(f"every benchmark mode was skipped: {skipped}")
+    runs, skipped, configs = _measure_modes(measurer, base, modes, run_device, allow_emulated_bf16)
     modes = [mode for mode in modes if mode in runs]
     labels = {mode: run.pop("_labels") for mode, run in runs.items()}
     for mode, run in runs.items():
@@ -266,8 +232,9 @@ def run_benchmark(
     loaded = None
     if load:
         with busy_processes(load):
-            loaded = measure(configs[primary])
+            loaded = measurer.measure(configs[primary])
         loaded = _load_report(runs[primary], loaded, labels[primary], load)
+    info = measurer.info
     result: dict[str, Any] = {
         "model": info["name"],
         "mode": primary,
@@ -295,6 +262,70 @@ def run_benchmark(
     if json_path is not None:
         atomic_write_json(json_path, result)
     return result
+
+
+def _checked_modes(
+    modes: tuple[str, ...] | list[str], size: int, json_path: str | os.PathLike | None, load: int
+) -> list[str]:
+    """The distinct requested modes, after checking the request before anything runs."""
+    modes = list(dict.fromkeys(modes))
+    if not modes:
+        raise ConfigError("no benchmark mode given")
+    for mode in modes:
+        if mode not in MODES:
+            raise ConfigError(f"benchmark mode {mode!r} is not known; choose from {sorted(MODES)}")
+    if size % 64:
+        raise ConfigError(f"size={size}: use a multiple of 64 so no resizing is measured")
+    if json_path is not None:  # before the (long) benchmark
+        check_output_file(json_path, "--json", create_parent=True)
+    check_load(load)
+    return modes
+
+
+@dataclass
+class _Measurer:
+    """Measures one mode: in this process on ``backbone``, or (``backbone`` None) in a fresh
+    child that loads the model itself from ``job``; ``info`` describes the backbone."""
+
+    backbone: Any
+    work: Any
+    job: dict[str, Any]
+    info: dict[str, Any]
+
+    def measure(self, cfg: SegmentConfig) -> dict[str, Any]:
+        if self.backbone is not None:
+            run = run_mode(self.backbone, cfg, self.work, self.job["overlay"], self.job["coarse"])
+        else:
+            run = _run_isolated({**self.job, "cfg": cfg, "threads": torch.get_num_threads()})
+            self.info = run.pop("backbone")
+        run["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        return run
+
+
+def _measure_modes(
+    measurer: _Measurer,
+    base: SegmentConfig,
+    modes: list[str],
+    device: torch.device | str,
+    allow_emulated_bf16: bool,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, SegmentConfig]]:
+    """(runs, skipped modes with their reason, configs) of every mode; a bf16 mode is skipped
+    on a device without native bf16 unless ``allow_emulated_bf16``."""
+    native = native_bf16(device)
+    runs: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    configs = {}
+    for mode in modes:
+        cfg = _mode_config(base, mode, device)
+        if cfg.uses_bfloat16 and not (native or allow_emulated_bf16):
+            skipped[mode] = "no native bf16 on this device (emulated bf16 is far slower)"
+            log.warning("skipping mode %s: %s", mode, skipped[mode])
+            continue
+        configs[mode] = cfg
+        runs[mode] = measurer.measure(cfg)
+    if not runs:
+        raise ConfigError(f"every benchmark mode was skipped: {skipped}")
+    return runs, skipped, configs
 
 
 COMPARED = ("reference", "reference-fp32", "default", "fp32")  # modes others are compared with
