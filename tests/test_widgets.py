@@ -18,7 +18,8 @@ from PIL import Image  # noqa: E402
 from zsvss_nb import SegmentConfig  # noqa: E402
 from zsvss_nb.backbones.base import FeatureResult  # noqa: E402
 from zsvss_nb.errors import ConfigError, InputError  # noqa: E402
-from zsvss_nb.notebook.session import viz, widgets  # noqa: E402
+from zsvss_nb.io.video import take_frames  # noqa: E402
+from zsvss_nb.notebook import viz, widgets  # noqa: E402
 from zsvss_nb.upsample import UpsampleResult  # noqa: E402
 
 
@@ -184,6 +185,33 @@ def test_feature_explorer_with_tiny_model_extracts_every_block() -> None:
     assert "DDPM t=" in ex.figure._suptitle.get_text()
 
 
+def test_feature_explorer_draws_at_most_eight_frames_around_the_query_frame(monkeypatch) -> None:
+    feats = planted_features(b=14)
+
+    def fake_extract(backbone, window, cfg, extra_blocks=(), keep_cache=None):
+        return fake_result(feats, torch.rand(14, 3, 16, 24))
+
+    monkeypatch.setattr(widgets, "extract", fake_extract)
+    window = torch.zeros(14, 3, 16, 24, dtype=torch.uint8)
+    ex = widgets.dinov2_explorer(None, window, SegmentConfig.tiny(), layers=(-1,))
+
+    def titles() -> list[list[str]]:
+        rows: dict[int, list[str]] = {}
+        for a in ex.figure.axes:
+            if a.get_label() != "<colorbar>" and a.get_title():
+                rows.setdefault(a.get_subplotspec().rowspan.start, []).append(a.get_title())
+        return list(rows.values())
+
+    assert titles() == [[f"frame {t}" for t in range(8)]] * 2  # PCA and similarity rows
+    ex.controls["frame"].value = 12  # the slider picks which eight frames are drawn
+    assert titles() == [[f"frame {t}" for t in range(6, 14)]] * 2
+    ex.controls["frame"].value = 7
+    assert titles() == [[f"frame {t}" for t in range(4, 12)]] * 2
+    sim_row = [a for a in ex.figure.axes if a.lines]
+    assert len(sim_row) == 1 and sim_row[0].get_title() == "frame 7"  # the query's cross
+    assert viz.frames_around(5, 3) == [0, 1, 2, 3, 4] and viz.frames_around(20, 0, 3) == [0, 1, 2]
+
+
 def test_lambda_explorer_modulates_once_per_lambda(monkeypatch) -> None:
     from zsvss_nb import upsample
 
@@ -311,7 +339,7 @@ def test_refine_explorer_counts_surviving_tracks_per_hop_threshold() -> None:
 
 
 def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) -> None:
-    from zsvss_nb.notebook.session import explorer
+    from zsvss_nb.notebook import explorer
 
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
@@ -332,21 +360,21 @@ def test_explorers_carry_a_static_copy_for_exports_without_widgets(monkeypatch) 
 def test_take_frames_keeps_names_of_a_frame_folder(tmp_path) -> None:
     for i in range(7):
         Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(tmp_path / f"img{i}.png")
-    clip = widgets.take_frames(tmp_path, 3, start=1, step=2)
+    clip = take_frames(tmp_path, 3, start=1, step=2)
     assert clip.names == ["img1", "img3", "img5"]
     assert clip.read([2])[0, 0, 0, 0].item() == 50
-    assert widgets.take_frames(tmp_path, None).names == [f"img{i}" for i in range(7)]
+    assert take_frames(tmp_path, None).names == [f"img{i}" for i in range(7)]
     with pytest.raises(InputError):
-        widgets.take_frames(tmp_path, 2, start=7)
+        take_frames(tmp_path, 2, start=7)
     with pytest.raises(ConfigError):
-        widgets.take_frames(tmp_path, 0)
+        take_frames(tmp_path, 0)
 
 
 def test_take_frames_of_an_array_keeps_pixels_and_divides_fps() -> None:
     frames = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 3, 8, 8).contiguous()
     from zsvss_nb import open_video
 
-    clip = widgets.take_frames(open_video(frames, fps=30.0), 2, step=3)
+    clip = take_frames(open_video(frames, fps=30.0), 2, step=3)
     assert len(clip) == 2 and clip.fps == 10.0
     assert clip.read([0, 1])[:, 0, 0, 0].tolist() == [0, 3]
 
@@ -359,7 +387,7 @@ def test_static_html_export_of_an_executed_notebook_shows_each_explorer(tmp_path
     from nbconvert import HTMLExporter
 
     code = (
-        "import torch\nfrom zsvss_nb import widgets\n"
+        "import torch\nfrom zsvss_nb.notebook import widgets\n"
         "widgets.similarity_explorer(torch.randn(2, 4, 6, 8))"
     )
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
