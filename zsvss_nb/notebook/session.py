@@ -250,7 +250,7 @@ class NotebookModel:
         return self.message
 
     def _repr_markdown_(self) -> str:
-        return self.message
+        return self.message.replace("$", "\\$")  # "$CI" is no TeX in JupyterLab
 
     def load(self) -> Backbone:
         """The backbone (loaded on first call, then the same object)."""
