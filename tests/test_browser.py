@@ -274,13 +274,18 @@ def test_run_all_without_environment_variables_shows_the_default_model(lab, brow
     nb.run_all()
     nb.check_clean()
     model = "dinov2-s" if dinov2_available() else "tiny"
-    line = nb.page.locator(".jp-CodeCell").nth(0).locator(".jp-OutputArea-output").inner_text()
+    first = nb.page.locator(".jp-CodeCell").first  # cells off screen are not laid out: scroll
+    first.scroll_into_view_if_needed()
+    line = first.locator(".jp-OutputArea-output").first.text_content() or ""
     assert f"MODEL = '{model}'" in line and ("the default" in line or "fallback" in line), line
-    drawn = nb.page.evaluate(
-        """() => [...document.querySelectorAll(".jp-OutputArea-output img")]
-            .filter(i => i.src.startsWith("data:image/png") && i.naturalWidth > 0).length"""
+    figure = nb.page.locator(".jp-OutputArea-output img[src^='data:image/png']")
+    assert figure.count() >= 1, "run-all drew no figure"
+    figure.first.scroll_into_view_if_needed()
+    nb.page.wait_for_function(  # the PNG decodes: a figure, not a broken image
+        "img => img.complete && img.naturalWidth > 0",
+        arg=figure.first.element_handle(),
+        timeout=30_000,
     )
-    assert drawn >= 1, "run-all drew no figure"
     nb.page.close()
     lab.stop_kernels()
 
