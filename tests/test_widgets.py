@@ -185,6 +185,33 @@ def test_feature_explorer_with_tiny_model_extracts_every_block() -> None:
     assert "DDPM t=" in ex.figure._suptitle.get_text()
 
 
+def test_feature_explorer_draws_at_most_eight_frames_around_the_query_frame(monkeypatch) -> None:
+    feats = planted_features(b=14)
+
+    def fake_extract(backbone, window, cfg, extra_blocks=(), keep_cache=None):
+        return fake_result(feats, torch.rand(14, 3, 16, 24))
+
+    monkeypatch.setattr(widgets, "extract", fake_extract)
+    window = torch.zeros(14, 3, 16, 24, dtype=torch.uint8)
+    ex = widgets.dinov2_explorer(None, window, SegmentConfig.tiny(), layers=(-1,))
+
+    def titles() -> list[list[str]]:
+        rows: dict[int, list[str]] = {}
+        for a in ex.figure.axes:
+            if a.get_label() != "<colorbar>" and a.get_title():
+                rows.setdefault(a.get_subplotspec().rowspan.start, []).append(a.get_title())
+        return list(rows.values())
+
+    assert titles() == [[f"frame {t}" for t in range(8)]] * 2  # PCA and similarity rows
+    ex.controls["frame"].value = 12  # the slider picks which eight frames are drawn
+    assert titles() == [[f"frame {t}" for t in range(6, 14)]] * 2
+    ex.controls["frame"].value = 7
+    assert titles() == [[f"frame {t}" for t in range(4, 12)]] * 2
+    sim_row = [a for a in ex.figure.axes if a.lines]
+    assert len(sim_row) == 1 and sim_row[0].get_title() == "frame 7"  # the query's cross
+    assert viz.frames_around(5, 3) == [0, 1, 2, 3, 4] and viz.frames_around(20, 0, 3) == [0, 1, 2]
+
+
 def test_lambda_explorer_modulates_once_per_lambda(monkeypatch) -> None:
     from zsvss_nb import upsample
 

