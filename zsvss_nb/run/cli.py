@@ -254,6 +254,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         videos=parse_names(args.videos),
         vc_ns=args.vc or (8, 16),
         progress=not args.quiet,
+        seeds=args.seeds,
     )
     if result.incomplete:
         print(
@@ -406,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/N: segment this share only (see dataset)")
     p.add_argument("--resume", action="store_true", help="skip videos already finished")
     p.add_argument("--num-classes", type=int, default=None)
+    from ..evaluation.compare import parse_seeds
+
+    p.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="comma-separated, e.g. 0,1,2: run every method once per seed (noise and k-means "
+        "seed) into OUT/seed<s>/ and report mean ± std",
+    )
     _add_model_args(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_compare)
