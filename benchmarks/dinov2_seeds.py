@@ -67,7 +67,9 @@ def run_clip(backbone, cfg, method, clip, use_gt, diagnose):
     fmt, root, _ = CLIPS[clip]
     ds = open_dataset(fmt, root)
     item = ds.video(clip)
-    seg = get_method(method).segmenter(backbone, cfg.replace(ignore_index=ds.ignore_index))
+    if ds.ignore_index is not None:
+        cfg = cfg.replace(ignore_index=ds.ignore_index)
+    seg = get_method(method).segmenter(backbone, cfg)
     seg._clip = clip
     cached(seg)
     gt = _first_frame_ids(item, ds, seg.cfg) if use_gt else None
@@ -83,6 +85,7 @@ def run_clip(backbone, cfg, method, clip, use_gt, diagnose):
     for proto in ("first-frame",) if use_gt else ("hungarian",):
         res = evaluate([(clip, preds, gts)], ds.num_classes, ds.ignore_index, proto, (8, 16))
         out[proto] = {"miou": res.miou, "mvc8": res.mvc8, "mvc16": res.mvc16, "acc": res.pixel_acc}
+        out[f"confusion/{proto}"] = res.confusion.tolist()  # pools clips: summed, then mIoU
     if debug and not use_gt:
         out["diag"] = diagnose_run(seg, clip, video, preds, coarse, refined, gts, ds)
     return out
@@ -132,12 +135,40 @@ def diagnose_run(seg, clip, video, preds, coarse, refined, gts, ds):
 
 
 def summarise(runs: list[dict]) -> dict:
-    keys = {(p, m) for r in runs for p in r if p not in ("diag", "seconds") for m in r[p]}
+    keys = {
+        (p, m)
+        for r in runs
+        for p in r
+        if p not in ("diag", "seconds") and "/" not in p
+        for m in r[p]
+    }
     out = {}
     for p, m in sorted(keys):
         vals = np.array([r[p][m] for r in runs if p in r], dtype=float) * 100
         out[f"{p}/{m}"] = (float(np.nanmean(vals)), float(np.nanstd(vals)), len(vals))
     return out
+
+
+def report(paths: list[Path]) -> str:
+    """A markdown table (mean ± std over seeds, percent) of every (method, variant, clip)."""
+    rows = {}
+    for path in paths:
+        for key, entry in json.loads(path.read_text()).items():
+            method, variant, clip = key.split("|")
+            rows.setdefault((method, variant), {})[clip] = entry["summary"]
+    cols = [("hungarian/miou", "mIoU-H"), ("hungarian/mvc8", "mVC8-H"),
+            ("first-frame/miou", "mIoU-FF"), ("first-frame/mvc8", "mVC8-FF")]  # fmt: skip
+    head = "| method | variant | clip | " + " | ".join(h for _, h in cols) + " | seeds |"
+    lines = [head, "|---|---|---|" + "---:|" * (len(cols) + 1)]
+    for (method, variant), clips in rows.items():
+        for clip in CLIPS:
+            if clip not in clips:
+                continue
+            summ = clips[clip]
+            cells = [f"{summ[k][0]:.1f} ± {summ[k][1]:.1f}" if k in summ else "–" for k, _ in cols]
+            n = max(v[2] for v in summ.values())
+            lines.append(f"| {method} | {variant} | {clip} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -146,10 +177,14 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=None, help="name:field=value,...")
     ap.add_argument("--method", default="vidseg")
     ap.add_argument("--clips", nargs="+", default=list(CLIPS))
-    ap.add_argument("--no-ff", action="store_true", help="skip the first-frame-GT runs")
+    ap.add_argument("--ff-clips", nargs="*", default=None, help="first-frame runs (default all)")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--report", type=Path, nargs="*", help="only print the table of these JSONs")
     args = ap.parse_args()
+    if args.report is not None:
+        print(report([args.json, *args.report]))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     backbone = load_backbone("dinov2-s")
@@ -165,7 +200,8 @@ def main() -> None:
                 tic = time.perf_counter()
                 c = cfg.replace(context=cfg.context.replace(seed=seed))
                 r = run_clip(backbone, c, args.method, clip, False, args.diagnose and seed == 0)
-                if not args.no_ff and get_method(args.method).labels != "clusters":
+                ff = args.ff_clips is None or clip in args.ff_clips
+                if ff and get_method(args.method).labels != "clusters":
                     r.update(run_clip(backbone, c, args.method, clip, True, False))
                 r["seconds"] = time.perf_counter() - tic
                 runs.append(r)
