@@ -171,6 +171,38 @@ def report(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def figure(paths: list[Path], out: Path) -> list[Path]:
+    """Bars of pixel accuracy under the three mappings per clip and variant (seed 0's diagnosis),
+    saved through :func:`zsvss_nb.notebook.viz.export.save_figure`."""
+    from matplotlib.figure import Figure
+
+    from zsvss_nb.notebook.viz.export import save_figure
+
+    bars = []
+    for path in paths:
+        for key, entry in json.loads(path.read_text()).items():
+            diag = entry["runs"][0].get("diag")
+            if diag:
+                _, variant, clip = key.split("|")
+                bars.append((f"{clip}\n{variant}", diag["stages"]["final"]["acc"]))
+    fig = Figure(figsize=(1.2 + 0.9 * len(bars), 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    names = {"majority": "majority per frame", "majority-video": "majority per video",
+             "hungarian": "Hungarian per video"}  # fmt: skip
+    for j, (proto, label) in enumerate(names.items()):
+        xs = [i + (j - 1) * 0.27 for i in range(len(bars))]
+        ax.bar(xs, [100 * acc[proto] for _, acc in bars], 0.27, label=label)
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([b[0] for b in bars], fontsize="small")
+    ax.set_ylabel("pixel accuracy (%)")
+    ax.set_ylim(0, 100)
+    fig.legend(frameon=False, fontsize="small", ncol=3, loc="outside upper center")
+    ax.set_xlabel("drift = per frame - per video; splits = per video - Hungarian", fontsize="small")
+    return save_figure(
+        fig, out, config=SegmentConfig.dinov2().to_dict(), model={"name": "dinov2-s"}
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -181,7 +213,10 @@ def main() -> None:
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--report", type=Path, nargs="*", help="only print the table of these JSONs")
+    ap.add_argument("--figure", type=Path, default=None, help="with --report: save a figure")
     args = ap.parse_args()
+    if args.report is not None and args.figure is not None:
+        print(figure([args.json, *args.report], args.figure))
     if args.report is not None:
         print(report([args.json, *args.report]))
         return
