@@ -357,3 +357,10 @@ def test_cluster_relabelling_keeps_identities_where_token_votes_drift() -> None:
     q1, q2 = run_two_windows(cfg.replace(relabel="cluster"))
     assert torch.equal(q1, p1)
     assert torch.equal(q2, q1)
+
+
+def test_merge_and_relabel_options_reject_bad_values() -> None:
+    with pytest.raises(ConfigError, match="merge_threshold"):
+        ContextConfig(merge_threshold=-1.0)
+    with pytest.raises(ConfigError, match="relabel"):
+        ContextConfig(relabel="segment")

@@ -226,3 +226,10 @@ def test_min_survival_raises_the_hop_threshold_for_fast_motion() -> None:
     # a threshold that already keeps enough tracks is not changed
     slow = torch.from_numpy(shifting(b, h, w, c, 0, 1, seed=4))
     assert torch.equal(track(slow, RefineConfig(min_survival=0.2)).valid, track(slow).valid)
+
+
+def test_min_survival_outside_the_unit_interval_is_refused() -> None:
+    from zsvss_nb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_survival"):
+        RefineConfig(min_survival=1.5)

@@ -17,8 +17,6 @@ from typing import Any, ClassVar, Literal
 from .errors import ConfigError
 from .fieldtypes import check_value, choices, field_types, parse_value
 
-STAGES = ("features", "context", "refine", "upsample", "svd")
-
 
 class _Replaceable:
     _stage: ClassVar[str] = ""
@@ -137,12 +135,8 @@ class ContextConfig(_Replaceable):
     spawn_threshold: float | None = None  # beyond the paper: new label when NN distance exceeds
     ignore_index: int = 255  # METHOD 4.2: void ids never become a class
     seed: int = 0  # k-means++ seeding
-    merge_threshold: float | None = None  # beyond the paper (METHOD 1.4 fixes K): after the
-    # first window's k-means, merge the two closest centroids while their distance is below
-    # this many times the tokens' RMS distance to their centroid (K becomes an upper bound)
-    relabel: Literal["token", "cluster"] = "token"  # METHOD 1.5: every token takes its own KNN
-    # vote; "cluster" (beyond the paper): k-means on each window (one cluster per live label),
-    # each cluster takes the label most of its tokens vote for, so identities stay stable
+    merge_threshold: float | None = None  # beyond METHOD 1.4: context.merge_clusters
+    relabel: Literal["token", "cluster"] = "token"  # METHOD 1.5; "cluster": relabel_clusters
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,12 +148,10 @@ class ContextConfig(_Replaceable):
             raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
         if self.kmeans_tol < 0:
             raise ConfigError(f"kmeans_tol={self.kmeans_tol} must be >= 0")
-        if self.knn_chunk < 1 or self.memory_size < 1:
-            raise ConfigError("knn_chunk and memory_size must be at least 1")
+        if self.knn_chunk < 1 or self.memory_size < 1 or (self.merge_threshold or 0) < 0:
+            raise ConfigError("knn_chunk, memory_size must be >= 1 and merge_threshold >= 0")
         if self.spawn_threshold is not None and self.spawn_threshold <= 0:
             raise ConfigError(f"spawn_threshold={self.spawn_threshold} must be > 0 (or none)")
-        if self.merge_threshold is not None and self.merge_threshold <= 0:
-            raise ConfigError(f"merge_threshold={self.merge_threshold} must be > 0 (or none)")
 
 
 @dataclass(frozen=True)
@@ -178,15 +170,12 @@ class RefineConfig(_Replaceable):
     hop_threshold: int = 1  # METHOD 1.6: a hop of more than 1 cell drops the track
     use_aux: bool = True  # METHOD 1.6: blend similarity to frame 1 with weight 1/(t+1)
     paper_compat: bool = False  # True: signed hop test and t = 0 quirk, as the reference
-    min_survival: float | None = None  # beyond the paper (METHOD 1.6 fixes 1 cell): raise the
-    # window's hop threshold until at least this share of tracks survives (low frame rates)
+    min_survival: float | None = None  # beyond METHOD 1.6: raise the threshold to keep this share
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hop_threshold < 0:
-            raise ConfigError(f"hop_threshold={self.hop_threshold} must be >= 0")
-        if self.min_survival is not None and not 0 < self.min_survival <= 1:
-            raise ConfigError(f"min_survival={self.min_survival} must lie in (0, 1] (or none)")
+        if self.hop_threshold < 0 or not 0 <= (self.min_survival or 0) <= 1:
+            raise ConfigError("hop_threshold must be >= 0 and min_survival in [0, 1] (or none)")
 
 
 @dataclass(frozen=True)

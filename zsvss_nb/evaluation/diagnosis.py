@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import LabelError
 from ..io.video import window_spans
-from .metrics import ConfusionMatrix, _overlap, apply_protocol, as_ids
+from .metrics import ConfusionMatrix, apply_protocol, as_ids, overlap_counts
 
 __all__ = [
     "ProtocolGaps",
@@ -103,7 +103,7 @@ def _majority_lut(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids [K], majority class of each id [K]) over the given frames; ids with no valid GT
     pixel are left out."""
-    ids, overlap = _overlap(preds, gts, num_classes, ignore_index)
+    ids, overlap = overlap_counts(preds, gts, num_classes, ignore_index)
     return ids, overlap.argmax(1) if ids.size else np.zeros(0, dtype=np.int64)
 
 
@@ -171,7 +171,9 @@ def window_swaps(
     for w in range(n - 1):
         a, b = luts[w], luts[w + 1]
         sel = [i for i in range(len(p)) if win[i] == w + 1]
-        ids, overlap = _overlap([p[i] for i in sel], [g[i] for i in sel], num_classes, ignore_index)
+        ids, overlap = overlap_counts(
+            [p[i] for i in sel], [g[i] for i in sel], num_classes, ignore_index
+        )
         swapped = np.array([k in a and a[k] != b[k] for k in ids.tolist()], dtype=bool)
         total = overlap.sum()
         out[w] = float(overlap[swapped].sum() / total) if total else np.nan
@@ -191,7 +193,7 @@ def class_splits(
     counts all but one as wrong); 0: absent, or scattered over many small ids. [num_classes].
     """
     p, g = _stack(preds, gts)
-    _, overlap = _overlap(p, g, num_classes, ignore_index)
+    _, overlap = overlap_counts(p, g, num_classes, ignore_index)
     total = overlap.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
