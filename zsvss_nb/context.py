@@ -412,7 +412,7 @@ class SceneContext:
         x = feats.detach().reshape(-1, c)
         pred, dist = _knn(self._ref_x, self._ref_y, x, self.cfg.knn_k, self.cfg.knn_chunk)
         if self.cfg.relabel == "cluster":
-            pred = relabel_clusters(x, pred, int(self._classes.numel()), self.cfg)
+            pred = relabel_clusters(x, pred, self.cfg.k, self.cfg)
         if self.cfg.spawn_threshold is not None:
             far = dist > self.cfg.spawn_threshold
             if bool(far.any()):
