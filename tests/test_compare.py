@@ -26,7 +26,16 @@ from zsvss_nb import SegmentConfig
 from zsvss_nb.backbones.base import AttentionMaps, Backbone, FeatureResult
 from zsvss_nb.datasets import open_dataset
 from zsvss_nb.errors import ConfigError
-from zsvss_nb.evaluation.compare import compare, limit_frames, plan, run_folder, select_videos
+from zsvss_nb.evaluation.compare import (
+    compare,
+    limit_frames,
+    mean_result,
+    parse_seeds,
+    plan,
+    run_folder,
+    seeded,
+    select_videos,
+)
 from zsvss_nb.evaluation.metrics import EvalResult
 from zsvss_nb.evaluation.report import Comparison, ComparisonRow, latex_escape
 from zsvss_nb.notebook.viz import read_figure_metadata
@@ -304,3 +313,50 @@ def test_zsvss_compare_smoke_run_on_the_sample_clips(tmp_path, capsys):
                  str(out), "--methods", "vidseg,nope"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "method 'nope' is not known" in err[0]
+
+
+# ------------------------------------------------------------------ seeds
+
+
+def test_compare_with_seeds_reports_mean_and_spread(dataset, tmp_path):
+    protocols = ["hungarian"]
+    result = compare(
+        dataset, cells(), CFG, ["vidseg", "kmeans-frame"], protocols, tmp_path, vc_ns=(4,),
+        progress=False, seeds=[0, 1, 2],
+    )  # fmt: skip
+    assert {p.name for p in tmp_path.iterdir()} == {"seed0", "seed1", "seed2"}
+    singles = [
+        compare(
+            dataset, cells(), seeded(CFG, s), ["vidseg", "kmeans-frame"], protocols,
+            tmp_path / f"seed{s}", vc_ns=(4,), resume=True, progress=False,
+        )
+        for s in (0, 1, 2)
+    ]  # fmt: skip
+    for i, row in enumerate(result.rows):
+        assert row.seeds == 3 and row.frames == 20
+        mious = [single.rows[i].result.miou for single in singles]
+        assert row.result.miou == pytest.approx(np.mean(mious))
+        assert row.std["miou"] == pytest.approx(np.std(mious))
+    md = result.markdown()
+    assert " ± " in md and "Mean ± std over 3 seeds" in md
+    assert "$\\pm$" in result.latex()
+    assert "miou_std" in result.csv().splitlines()[0]
+    again = Comparison.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.rows[0].std == pytest.approx(result.rows[0].std) and again.seeds == 3
+
+
+def test_values_within_the_spread_of_the_best_are_all_marked():
+    rows = [
+        ComparisonRow("a", "hungarian", False, result(0.50, 0.9, 0.8, "h"), 1.0, 10,
+                      {"miou": 0.02}, 3),
+        ComparisonRow("b", "hungarian", False, result(0.47, 0.5, 0.8, "h"), 1.0, 10,
+                      {"miou": 0.02}, 3),
+        ComparisonRow("c", "hungarian", False, result(0.40, 0.5, 0.8, "h"), 1.0, 10,
+                      {"miou": 0.02}, 3),
+    ]  # fmt: skip
+    best = Comparison(rows).best()
+    assert (0, "miou") in best and (1, "miou") in best and (2, "miou") not in best
+    assert mean_result([result(0.5, 0.9, 0.8, "h")])[1] == {}
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(ValueError):
+        parse_seeds("x")

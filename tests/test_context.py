@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from zsvss_nb.config import ContextConfig
-from zsvss_nb.context import SceneContext, _lloyd, kmeans, knn_distance, knn_predict, majority_map
+from zsvss_nb.context import (
+    SceneContext,
+    _lloyd,
+    kmeans,
+    knn_distance,
+    knn_predict,
+    majority_map,
+    merge_clusters,
+)
 from zsvss_nb.errors import ConfigError, LabelError
 
 
@@ -281,3 +289,78 @@ def test_per_frame_kmeans_baseline_clusters_each_frame_alone():
     ctx.initialise(feats)
     pred = ctx.predict(feats)
     assert torch.equal(pred, layout.expand(3, h, w))
+
+
+# -- options beyond the paper: merging clusters, cluster-level relabelling ------------------------
+
+
+def test_merge_clusters_joins_the_halves_of_a_split_blob() -> None:
+    x, truth = planted_blobs(600, 16, 2, sep=6.0, seed=3)
+    centroids, labels = kmeans(x, 4, n_init=4, seed=0)
+    assert torch.unique(labels).numel() == 4  # k-means splits each blob in two
+    group = merge_clusters(x, centroids, labels, threshold=2.0)
+    merged = group[labels].numpy()
+    assert np.unique(merged).size == 2
+    for k in np.unique(merged):  # each merged cluster is one planted blob
+        assert np.unique(truth[merged == k]).size == 1
+    # a threshold below every centroid distance merges nothing
+    assert torch.equal(merge_clusters(x, centroids, labels, 1e-6), torch.arange(4))
+
+
+def test_scene_context_merge_threshold_labels_frame1_with_the_true_count(centres) -> None:
+    w1 = window(centres[:2], [layout(0) % 2, layout(1) % 2], seed=5)  # 2 classes, K = 4
+    plain = SceneContext(ContextConfig(k=4, n_init=4)).initialise(w1)
+    merged = SceneContext(ContextConfig(k=4, n_init=4, merge_threshold=2.0)).initialise(w1)
+    assert torch.unique(plain).numel() > 2
+    assert merged.tolist() == (layout(0) % 2).tolist()
+
+
+def drifting_video() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two windows of 2 frames over 3 classes (left half, top right, bottom right).
+
+    Window 2's class-0 tokens move off their memory and spread towards class 1's: a third of
+    them are nearer class 1's reference tokens, yet they stay one well-separated cluster.
+    Returns (window 1 [2, H, W, 3], window 2, the class map [H, W]).
+    """
+    cls = torch.zeros(H, W, dtype=torch.long)
+    cls[: H // 2, W // 2 :] = 1
+    cls[H // 2 :, W // 2 :] = 2
+    ref = torch.tensor([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    w1 = ref[cls].expand(2, H, W, 3) + 0.05 * torch.randn(2, H, W, 3, generator=g)
+    w2 = ref[cls].expand(2, H, W, 3) + 0.05 * torch.randn(2, H, W, 3, generator=g)
+    left = cls == 0
+    spread = torch.linspace(0.0, 3.0, int(left.sum()))  # x of the moved class-0 tokens
+    w2 = w2.clone()
+    w2[:, left] = torch.stack([spread, torch.zeros_like(spread), torch.full_like(spread, 6.0)], 1)
+    return w1, w2, cls
+
+
+def run_two_windows(cfg: ContextConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    w1, w2, _ = drifting_video()
+    ctx = SceneContext(cfg)
+    ctx.initialise(w1)
+    p1 = ctx.predict(w1)
+    ctx.update(w1, p1)
+    return p1, ctx.predict(w2)
+
+
+def test_cluster_relabelling_keeps_identities_where_token_votes_drift() -> None:
+    _, _, cls = drifting_video()
+    cfg = ContextConfig(k=3, n_init=4, knn_k=1)
+    p1, p2 = run_two_windows(cfg)
+    assert torch.equal(p1, cls.expand(2, H, W))  # ids: first appearance in frame 1
+    # the paper's per-token vote carries class 1's label onto a third of class 0's tokens
+    assert not torch.equal(p2, p1)
+    assert (p2[:, cls == 0] == 1).float().mean() > 0.25
+    # voting per window cluster keeps every region's identity: the video is consistent
+    q1, q2 = run_two_windows(cfg.replace(relabel="cluster"))
+    assert torch.equal(q1, p1)
+    assert torch.equal(q2, q1)
+
+
+def test_merge_and_relabel_options_reject_bad_values() -> None:
+    with pytest.raises(ConfigError, match="merge_threshold"):
+        ContextConfig(merge_threshold=-1.0)
+    with pytest.raises(ConfigError, match="relabel"):
+        ContextConfig(relabel="segment")

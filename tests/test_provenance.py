@@ -26,7 +26,7 @@ def test_package_commit_is_this_checkouts_head() -> None:
 
 
 def test_package_commit_is_none_outside_a_checkout(monkeypatch) -> None:
-    monkeypatch.setattr(provenance, "_git", lambda folder, *args: None)
+    monkeypatch.setattr(provenance, "git_output", lambda folder, *args: None)
     provenance.package_commit.cache_clear()
     try:
         assert provenance.package_commit() == {"commit": None, "dirty": None}
@@ -38,7 +38,9 @@ def test_package_commit_is_none_outside_a_checkout(monkeypatch) -> None:
 def test_package_commit_ignores_a_repository_that_only_contains_the_package(monkeypatch) -> None:
     """An installed copy inside some other git repository (a venv in a project) has no commit."""
     answers = {"--show-toplevel": "/somewhere/else"}
-    monkeypatch.setattr(provenance, "_git", lambda folder, *args: answers.get(args[-1], "abc"))
+    monkeypatch.setattr(
+        provenance, "git_output", lambda folder, *args: answers.get(args[-1], "abc")
+    )
     provenance.package_commit.cache_clear()
     try:
         assert provenance.package_commit()["commit"] is None

@@ -208,3 +208,28 @@ def test_refine_disabled_single_frame_and_bad_input() -> None:
         refine(labels[:, :3], feats)
     with pytest.raises(LabelError):
         refine(labels.float(), feats)
+
+
+def test_min_survival_raises_the_hop_threshold_for_fast_motion() -> None:
+    # content moves 2 cells per frame (a low frame rate): the paper's 1-cell filter drops
+    # every track; min_survival raises the window's threshold to 2, which keeps the tracks
+    # of content in view and no more than needed
+    b, h, w, c = 4, 5, 16, 32
+    feats = torch.from_numpy(shifting(b, h, w, c, 0, 2, seed=4))
+    assert not track(feats).valid.any()
+    tr = track(feats, RefineConfig(min_survival=0.5))
+    xs = torch.arange(w).repeat(h)
+    inside = xs + 2 * (b - 1) < w
+    assert tr.valid[inside].all()
+    longest = (tr.positions[1:] - tr.positions[:-1]).abs().amax(-1).amax(0)
+    assert int(longest[tr.valid].max()) == 2
+    # a threshold that already keeps enough tracks is not changed
+    slow = torch.from_numpy(shifting(b, h, w, c, 0, 1, seed=4))
+    assert torch.equal(track(slow, RefineConfig(min_survival=0.2)).valid, track(slow).valid)
+
+
+def test_min_survival_outside_the_unit_interval_is_refused() -> None:
+    from zsvss_nb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_survival"):
+        RefineConfig(min_survival=1.5)

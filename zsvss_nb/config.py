@@ -85,6 +85,7 @@ class ContextConfig(ConfigSection):
     _ranges: ClassVar[dict[str, tuple[float, float]]] = {
         "kmeans_tol": (0.0, 1.0),  # relative to the features' variance
         "spawn_threshold": (1e-6, 1e4),  # a feature distance (normalised features)
+        "merge_threshold": (0.0, 1e3),  # a multiple of the clusters' width
         "seed": SEED_RANGE,
     }
 
@@ -103,6 +104,8 @@ class ContextConfig(ConfigSection):
     spawn_threshold: float | None = None  # beyond the paper: new label when NN distance exceeds
     ignore_index: int = 255  # METHOD 4.2: void ids never become a class
     seed: int = 0  # k-means++ seeding
+    merge_threshold: float | None = None  # beyond METHOD 1.4: context.merge_clusters
+    relabel: Literal["token", "cluster"] = "token"  # METHOD 1.5; "cluster": relabel_clusters
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,8 +117,8 @@ class ContextConfig(ConfigSection):
             raise ConfigError(f"knn_k={self.knn_k} must be at least 1")
         if self.kmeans_tol < 0:
             raise ConfigError(f"kmeans_tol={self.kmeans_tol} must be >= 0")
-        if self.knn_chunk < 1 or self.memory_size < 1:
-            raise ConfigError("knn_chunk and memory_size must be at least 1")
+        if self.knn_chunk < 1 or self.memory_size < 1 or (self.merge_threshold or 0) < 0:
+            raise ConfigError("knn_chunk, memory_size must be >= 1 and merge_threshold >= 0")
         if self.spawn_threshold is not None and self.spawn_threshold <= 0:
             raise ConfigError(f"spawn_threshold={self.spawn_threshold} must be > 0 (or none)")
 
@@ -131,16 +134,20 @@ class RefineConfig(ConfigSection):
     """
 
     _stage: ClassVar[str] = "refine"
+    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "min_survival": (0.0, 1.0),  # a share of the tracks
+    }
 
     enabled: bool = True
     hop_threshold: int = 1  # METHOD 1.6: a hop of more than 1 cell drops the track
     use_aux: bool = True  # METHOD 1.6: blend similarity to frame 1 with weight 1/(t+1)
     paper_compat: bool = False  # True: signed hop test and t = 0 quirk, as the reference
+    min_survival: float | None = None  # beyond METHOD 1.6: raise the threshold to keep this share
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hop_threshold < 0:
-            raise ConfigError(f"hop_threshold={self.hop_threshold} must be >= 0")
+        if self.hop_threshold < 0 or not 0 <= (self.min_survival or 0) <= 1:
+            raise ConfigError("hop_threshold must be >= 0 and min_survival in [0, 1] (or none)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ __all__ = [
     "knn_distance",
     "knn_predict",
     "majority_map",
+    "merge_clusters",
     "per_frame_kmeans",
+    "relabel_clusters",
 ]
 
 
@@ -226,6 +228,55 @@ def majority_map(
     return torch.where(present, lut, torch.full_like(lut, -1))
 
 
+def merge_clusters(x: Tensor, centroids: Tensor, labels: Tensor, threshold: float) -> Tensor:
+    """Merge k-means clusters whose centroids are close: [N, C], [K, C], [N] -> cluster [K].
+
+    The two closest centroids (Euclidean) merge into their size-weighted mean while their
+    distance is below ``threshold`` times the RMS distance of the tokens to their own centroid
+    (a scale-free criterion: "closer than the clusters are wide"). Returns, for every input
+    cluster, the id (in [0, K)) of the input cluster it now belongs to: the merged group's
+    lowest id. Beyond the paper (METHOD 1.4 fixes K); the loop runs at most K - 1 times.
+    """
+    k = centroids.shape[0]
+    wd = _work_dtype(x)
+    c = centroids.to(wd)
+    counts = torch.bincount(labels, minlength=k).to(wd)
+    spread = float(((x.to(wd) - c[labels]) ** 2).sum(1).mean().sqrt())
+    group = torch.arange(k, device=x.device)
+    alive = counts > 0
+    limit = threshold * spread
+    while int(alive.sum()) > 1:
+        d = torch.cdist(c, c)
+        d[~(alive[:, None] & alive[None, :])] = torch.inf
+        d.fill_diagonal_(torch.inf)
+        flat = int(d.argmin())
+        i, j = sorted(divmod(flat, k))
+        if not float(d[i, j]) < limit:
+            break
+        total = counts[i] + counts[j]
+        c[i] = (counts[i] * c[i] + counts[j] * c[j]) / total
+        counts[i], counts[j], alive[j] = total, 0, False
+        group[group == j] = i
+    return group
+
+
+def relabel_clusters(feats: Tensor, votes: Tensor, k: int, cfg: ContextConfig) -> Tensor:
+    """Cluster-level relabelling: [N, C] tokens, [N] KNN votes -> [N] labels.
+
+    k-means (``cfg``'s restarts, iterations and seed) splits the window into ``k`` clusters and
+    every cluster takes the label most of its tokens voted for (ties -> the smallest label), so
+    a region keeps one identity even where single tokens drift towards another label's memory.
+    Beyond the paper (METHOD 1.5 labels each token by its own vote).
+    """
+    k = min(k, int(torch.unique(feats, dim=0).shape[0]))
+    _, assign = kmeans(feats, k, cfg.n_init, cfg.kmeans_iters, cfg.kmeans_tol, cfg.seed)
+    classes, inv = torch.unique(votes, return_inverse=True)
+    counts = torch.zeros(k * classes.numel(), dtype=torch.long, device=votes.device)
+    counts.scatter_add_(0, assign * classes.numel() + inv, torch.ones_like(inv))
+    winner = classes[counts.view(k, classes.numel()).argmax(1)]
+    return winner[assign]
+
+
 def _first_appearance_lut(ids: Tensor, k: int) -> Tensor:
     """Cluster -> label, labels numbered by first appearance in ``ids`` (raster order).
 
@@ -269,6 +320,10 @@ class SceneContext:
     (refined) labels. Without GT the labels are k-means cluster ids renumbered by first
     appearance in frame 1's raster order (clusters absent from frame 1 follow, in cluster
     order), so ids are reproducible; with GT they are class ids (many-to-one majority).
+
+    ``cfg.merge_threshold`` merges close k-means clusters before frame 1 is labelled
+    (:func:`merge_clusters`); ``cfg.relabel="cluster"`` makes ``predict`` vote per window
+    cluster instead of per token (:func:`relabel_clusters`). Both are beyond the paper.
 
     With ``cfg.spawn_threshold`` set, ``predict`` gives the tokens whose nearest reference token
     is farther than the threshold (Euclidean, feature units) one new label id, the next unused
@@ -327,6 +382,9 @@ class SceneContext:
         centroids, assign = kmeans(
             fit_x, cfg.k, cfg.n_init, cfg.kmeans_iters, cfg.kmeans_tol, cfg.seed
         )
+        if cfg.merge_threshold is not None:
+            group = merge_clusters(fit_x, centroids, assign, cfg.merge_threshold)
+            assign = group[assign]
         first = assign[:n1]  # frame 1 comes first in both scopes
         if gt is None:
             lut = _first_appearance_lut(first, cfg.k)
@@ -353,6 +411,8 @@ class SceneContext:
             return self._per_frame_kmeans(feats)
         x = feats.detach().reshape(-1, c)
         pred, dist = _knn(self._ref_x, self._ref_y, x, self.cfg.knn_k, self.cfg.knn_chunk)
+        if self.cfg.relabel == "cluster":
+            pred = relabel_clusters(x, pred, self.cfg.k, self.cfg)
         if self.cfg.spawn_threshold is not None:
             far = dist > self.cfg.spawn_threshold
             if bool(far.any()):

@@ -8,6 +8,7 @@ it. The only Python loop is over the B - 1 hops.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,9 @@ def track(feats: Tensor, cfg: RefineConfig | None = None, chunk: int = 4096) -> 
       nearest-neighbour matching into frame 2.
 
     Filter (step 2): a track is invalid if any hop has dy or dx > ``hop_threshold`` cells;
-    absolute values by default, signed (only down/right moves) with ``paper_compat``.
+    absolute values by default, signed (only down/right moves) with ``paper_compat``. With
+    ``min_survival`` (beyond the paper) the window's threshold is raised to the smallest value
+    that keeps that share of tracks, so a low-frame-rate clip is not left unrefined.
     ``chunk`` bounds the [chunk, h*w] similarity blocks, not the results.
     """
     cfg = cfg if cfg is not None else RefineConfig()
@@ -90,7 +93,13 @@ def track(feats: Tensor, cfg: RefineConfig | None = None, chunk: int = 4096) -> 
     step = pos[1:] - pos[:-1]  # [B-1, N, 2]
     if not cfg.paper_compat:
         step = step.abs()
-    valid = ~(step > cfg.hop_threshold).any(-1).any(0)
+    longest = step.amax(-1).amax(0) if b > 1 else torch.zeros_like(cur)  # [N] longest hop
+    threshold = cfg.hop_threshold
+    if cfg.min_survival is not None and b > 1:
+        # the smallest threshold >= hop_threshold that keeps min_survival of the tracks
+        need = longest.sort().values[max(math.ceil(cfg.min_survival * n) - 1, 0)]
+        threshold = max(threshold, int(need))
+    valid = longest <= threshold
     return Tracks(positions=pos, valid=valid)
 
 

@@ -93,4 +93,5 @@ def read(fmt: DatasetFormat, root: Path, split: str | None, options: OpenOptions
     return fmt.dataset(root, videos, num_classes=top + 1)
 
 
-FORMAT = DatasetFormat("davis", read, 2, 255, palette=Palette(embedded=True))
+# k: measured with dinov2-s on the sample clips (README, "Per-dataset settings")
+FORMAT = DatasetFormat("davis", read, 2, 255, palette=Palette(embedded=True), recommended={"k": 4})

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..backbones.base import Backbone
 from ..config import SegmentConfig
 from ..datasets import Dataset
@@ -40,7 +42,7 @@ from ..io.provenance import model_identity
 from ..methods import available, get_method
 from ..run.runner import config_hash, is_finished, run_dataset
 from .evaluate import evaluate_folders
-from .metrics import PROTOCOLS
+from .metrics import PROTOCOLS, EvalResult
 from .report import Comparison, ComparisonRow
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,47 @@ def ray_runner(model_spec: str | os.PathLike[str], **ray_options: Any) -> Runner
     return run
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as [0, 1, 2] (ValueError, which argparse reports, otherwise)."""
+    seeds = [int(part) for part in text.split(",") if part.strip()]
+    if not seeds:
+        raise ValueError(f"no seed in {text!r}")
+    return seeds
+
+
+def seeded(cfg: SegmentConfig, seed: int) -> SegmentConfig:
+    """``cfg`` with the noise seed (``features.seed``) and the k-means seed (``context.seed``)
+    both set to ``seed``: one run of a seed study."""
+    return cfg.replace(
+        features=cfg.features.replace(seed=seed), context=cfg.context.replace(seed=seed)
+    )
+
+
+def mean_result(results: Sequence[EvalResult]) -> tuple[EvalResult, dict[str, float]]:
+    """The mean of several runs' scores and their spread (population std) per column key
+    ("miou", "mvc<n>", "pixel_acc"). One result is returned as it is, with no spread."""
+    if len(results) == 1:
+        return results[0], {}
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        arr = np.asarray(values, dtype=float)
+        if np.isnan(arr).all():
+            return math.nan, math.nan
+        return float(np.nanmean(arr)), float(np.nanstd(arr))
+
+    first = results[0]
+    miou, miou_sd = stats([r.miou for r in results])
+    acc, acc_sd = stats([r.pixel_acc for r in results])
+    mvc = {n: stats([r.mvc.get(n, math.nan) for r in results]) for n in first.mvc}
+    per_class = [stats(list(v))[0] for v in zip(*(r.per_class_iou for r in results), strict=True)]
+    mean = dataclasses.replace(
+        first, miou=miou, pixel_acc=acc, mvc={n: m for n, (m, _) in mvc.items()},
+        per_class_iou=per_class, confusion=None,
+    )  # fmt: skip
+    spread = {"miou": miou_sd, "pixel_acc": acc_sd, **{f"mvc{n}": sd for n, (_, sd) in mvc.items()}}
+    return mean, spread
+
+
 def compare(
     dataset: Dataset,
     backbone: Backbone,
@@ -155,6 +198,7 @@ def compare(
     vc_ns: Sequence[int] = (8, 16),
     progress: bool = True,
     runner: Runner | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Comparison:
     """Run ``methods`` on ``dataset`` with ``backbone`` and score them under ``protocols``.
 
@@ -165,7 +209,9 @@ def compare(
     videos (other shards), nothing is scored and :attr:`Comparison.incomplete` names those
     runs. ``max_frames`` cuts every video and ``videos`` picks videos by name (a quick run).
     ``runner``: a function with
-    :func:`run_dataset`'s arguments (e.g. :func:`ray_runner`).
+    :func:`run_dataset`'s arguments (e.g. :func:`ray_runner`). ``seeds``: run everything once
+    per seed (:func:`seeded`: noise and k-means seed) into ``OUT/seed<s>/``; each row is then
+    the mean over the seeds with the spread in :attr:`ComparisonRow.std`.
     """
     cfg = cfg or backbone.default_config()
     if dataset.ignore_index is not None:
@@ -180,29 +226,17 @@ def compare(
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
         raise ConfigError(f"protocols {list(protocols)}: choose from {', '.join(PROTOCOLS)}")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"seeds {list(seeds)}: give at least one seed, each once")
     data = limit_frames(select_videos(dataset, videos), max_frames)
     rows, skipped = plan(names, protocols)
-    root = Path(out)
-    runs = list(dict.fromkeys((m, gt) for m, _, gt in rows))
+    runs = [(Path(out), cfg)] if seeds is None else [(Path(out) / f"seed{s}", seeded(cfg, s))
+                                                     for s in seeds]  # fmt: skip
     run = runner or run_dataset
     incomplete = []
-    for method, use_gt in runs:
-        folder = run_folder(root, method, use_gt, max_frames)
-        log.info("compare: %s%s -> %s", method, " (first-frame GT)" if use_gt else "", folder)
-        run(
-            data,
-            folder,
-            backbone,
-            cfg,
-            shard=shard,
-            resume=resume,
-            use_first_frame_gt=use_gt,
-            progress=progress,
-            method=method,
-        )
-        key = config_hash(get_method(method).resolve(cfg), backbone, use_gt, method)
-        if not all(is_finished(folder / item.name, key) for item in data.videos):
-            incomplete.append(str(folder))
+    for root, run_cfg in runs:
+        options = {"shard": shard, "resume": resume, "progress": progress, "run": run}
+        incomplete += _segment(data, backbone, run_cfg, rows, root, max_frames, options)
     meta = {
         "dataset": f"{data.name} {data.root}",
         "videos": len(data.videos),
@@ -212,14 +246,46 @@ def compare(
         "methods": names,
         "protocols": list(protocols),
         "vc_ns": list(vc_ns),
+        "seeds": None if seeds is None else list(seeds),
     }
     if incomplete:
         return Comparison([], skipped, meta, incomplete)
     table = []
     for method, protocol, use_gt in rows:
-        folder = run_folder(root, method, use_gt, max_frames)
-        result = evaluate_folders(folder, data, protocol=protocol, vc_ns=vc_ns)
-        frames, seconds = run_cost(folder, data)
+        results, frames, seconds = [], 0, 0.0
+        for root, _ in runs:
+            folder = run_folder(root, method, use_gt, max_frames)
+            results.append(evaluate_folders(folder, data, protocol=protocol, vc_ns=vc_ns))
+            f, s = run_cost(folder, data)
+            frames, seconds = frames + f, seconds + s
         per_frame = seconds / frames if frames else math.nan
-        table.append(ComparisonRow(method, protocol, use_gt, result, per_frame, frames))
+        result, spread = mean_result(results)
+        table.append(
+            ComparisonRow(
+                method, protocol, use_gt, result, per_frame, frames // len(runs), spread, len(runs)
+            )
+        )
     return Comparison(table, skipped, meta)
+
+
+def _segment(data, backbone, cfg, rows, root, max_frames, options) -> list[str]:
+    """Run every (method, GT) run of ``rows`` into ``root``; the folders still missing videos."""
+    incomplete = []
+    for method, use_gt in dict.fromkeys((m, gt) for m, _, gt in rows):
+        folder = run_folder(root, method, use_gt, max_frames)
+        log.info("compare: %s%s -> %s", method, " (first-frame GT)" if use_gt else "", folder)
+        options["run"](
+            data,
+            folder,
+            backbone,
+            cfg,
+            shard=options["shard"],
+            resume=options["resume"],
+            use_first_frame_gt=use_gt,
+            progress=options["progress"],
+            method=method,
+        )
+        key = config_hash(get_method(method).resolve(cfg), backbone, use_gt, method)
+        if not all(is_finished(folder / item.name, key) for item in data.videos):
+            incomplete.append(str(folder))
+    return incomplete

@@ -222,7 +222,7 @@ def _remap(pred: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
 _DENSE_LIMIT = 1 << 20  # largest (max id + 1) * num_classes counted with a dense bincount
 
 
-def _overlap(
+def overlap_counts(
     preds: Sequence[np.ndarray],
     gts: Sequence[np.ndarray],
     num_classes: int,
@@ -273,7 +273,7 @@ def map_hungarian(
         raise LabelError(f"{len(preds)} predicted frames but {len(gts)} GT frames")
     top = max((int(p.max(initial=-1)) for p in preds), default=-1)
     lut = np.full(max(top + 1, 0), num_classes, dtype=np.int64)
-    ids, overlap = _overlap(preds, gts, num_classes, ignore_index)
+    ids, overlap = overlap_counts(preds, gts, num_classes, ignore_index)
     if ids.size == 0:
         return lut
     rows, cols = linear_sum_assignment(overlap, maximize=True)
@@ -291,7 +291,7 @@ def map_majority_frame(
     to ``num_classes`` (wrong).
     """
     p, g = as_ids(pred), as_ids(gt)
-    ids, overlap = _overlap([p], [g], num_classes, ignore_index)
+    ids, overlap = overlap_counts([p], [g], num_classes, ignore_index)
     lut = np.full(int(p.max(initial=-1)) + 1, num_classes, dtype=np.int64)
     lut[ids] = overlap.argmax(1)
     return _remap(p, lut, num_classes)
@@ -321,7 +321,9 @@ def apply_protocol(
         ]
     if name == "majority-video":
         preds = [as_ids(p) for p in pred_frames]
-        ids, overlap = _overlap(preds, [as_ids(g) for g in gt_frames], num_classes, ignore_index)
+        ids, overlap = overlap_counts(
+            preds, [as_ids(g) for g in gt_frames], num_classes, ignore_index
+        )
         lut = np.full(max((int(p.max(initial=-1)) for p in preds), default=-1) + 1, num_classes)
         lut[ids] = overlap.argmax(1)
         return [_remap(p, lut, num_classes) for p in preds]

@@ -38,7 +38,11 @@ PROTOCOL_NAMES = {
 
 @dataclass
 class ComparisonRow:
-    """One method scored under one protocol; ``first_frame_gt``: the run used frame 1's GT."""
+    """One method scored under one protocol; ``first_frame_gt``: the run used frame 1's GT.
+
+    With several seeds ``result`` is the mean over ``seeds`` runs and ``std`` the spread
+    (population std) of each column key; one run has no spread (``std`` empty).
+    """
 
     method: str
     protocol: str
@@ -46,6 +50,8 @@ class ComparisonRow:
     result: EvalResult
     seconds_per_frame: float
     frames: int
+    std: dict[str, float] = field(default_factory=dict)
+    seeds: int = 1
 
     def value(self, key: str) -> float:
         """A column's value: "miou", "mvc<n>", "pixel_acc" (fractions) or "seconds_per_frame"."""
@@ -89,8 +95,15 @@ class Comparison:
         """The protocols of the rows, in row order."""
         return list(dict.fromkeys(r.protocol for r in self.rows))
 
+    @property
+    def seeds(self) -> int:
+        """How many seeds the rows average (1: single runs)."""
+        return max((r.seeds for r in self.rows), default=1)
+
     def best(self) -> set[tuple[int, str]]:
-        """(row index, column key) of the best value of each column within each protocol."""
+        """(row index, column key) of the best value of each column within each protocol,
+        and, with seeds, of every value within the spread of the best (|difference| <= the sum
+        of the two stds): those differences are not findings."""
         out = set()
         for protocol in self.protocols():
             group = [i for i, r in enumerate(self.rows) if r.protocol == protocol]
@@ -98,11 +111,16 @@ class Comparison:
                 vals = {i: self.rows[i].value(key) for i in group}
                 vals = {i: v for i, v in vals.items() if not math.isnan(v)}
                 if vals:
-                    top = max(vals.values()) if higher else min(vals.values())
-                    out |= {(i, key) for i, v in vals.items() if v == top}
+                    top_i = (max if higher else min)(vals, key=vals.get)
+                    top_sd = self.rows[top_i].std.get(key, 0.0)
+                    out |= {
+                        (i, key)
+                        for i, v in vals.items()
+                        if abs(v - vals[top_i]) <= top_sd + self.rows[i].std.get(key, 0.0)
+                    }
         return out
 
-    def _cells(self, i: int) -> list[str]:
+    def _cells(self, i: int, pm: str = "±") -> list[str]:
         row = self.rows[i]
         cells = []
         for key, _, _ in self.columns():
@@ -111,6 +129,8 @@ class Comparison:
                 cells.append("n/a")
             elif key == "seconds_per_frame":
                 cells.append(f"{v:.2f}")
+            elif key in row.std and not math.isnan(row.std[key]):
+                cells.append(f"{100 * v:.1f} {pm} {100 * row.std[key]:.1f}")
             else:
                 cells.append(f"{100 * v:.1f}")
         return cells
@@ -122,6 +142,12 @@ class Comparison:
             "clusters with it; propagation starts from it). Metrics in percent; s/frame is wall "
             "time of the run per frame, writing included."
         ]
+        if self.seeds > 1:
+            lines.append(
+                f"Mean ± std over {self.seeds} seeds (noise and k-means seed); bold: the best "
+                "value of a protocol and every value within the spread of it (difference <= "
+                "the sum of the stds), so a difference between two bold values is not a finding."
+            )
         if self.skipped:
             lines.append(
                 "Not applicable: "
@@ -150,12 +176,18 @@ class Comparison:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         keys = [k for k, _, _ in self.columns()]
-        writer.writerow(["method", "protocol", "first_frame_gt", *keys, "frames", "videos"])
+        spread = [f"{k}_std" for k in keys if k != "seconds_per_frame"] if self.seeds > 1 else []
+        writer.writerow(
+            ["method", "protocol", "first_frame_gt", *keys, *spread, "frames", "videos",
+             *(["seeds"] if spread else [])]
+        )  # fmt: skip
         for row in self.rows:
             vals = ["" if math.isnan(row.value(k)) else f"{row.value(k):.6g}" for k in keys]
+            sds = [row.std.get(k[:-4], math.nan) for k in spread]
+            sds = ["" if math.isnan(v) else f"{v:.6g}" for v in sds]
             writer.writerow(
-                [row.method, row.protocol, int(row.first_frame_gt), *vals, row.frames,
-                 row.result.num_videos]
+                [row.method, row.protocol, int(row.first_frame_gt), *vals, *sds, row.frames,
+                 row.result.num_videos, *([row.seeds] if spread else [])]
             )  # fmt: skip
         return buf.getvalue()
 
@@ -177,7 +209,7 @@ class Comparison:
                 previous = row.protocol
             cells = [
                 f"\\textbf{{{c}}}" if (i, key) in best else ("--" if c == "n/a" else c)
-                for c, (key, _, _) in zip(self._cells(i), cols, strict=True)
+                for c, (key, _, _) in zip(self._cells(i, "$\\pm$"), cols, strict=True)
             ]
             name = PROTOCOL_NAMES.get(row.protocol, row.protocol)
             gt = "yes" if row.first_frame_gt else "no"
@@ -213,7 +245,11 @@ class Comparison:
                 rows = {r.method: r for r in self.rows if r.protocol == protocol}
                 xs = [i + (j - (len(protocols) - 1) / 2) * width for i in range(len(methods))]
                 vals = [100 * rows[m].value(key) if m in rows else math.nan for m in methods]
-                ax.bar(xs, vals, width, label=PROTOCOL_NAMES.get(protocol, protocol))
+                errs = [100 * rows[m].std.get(key, 0.0) if m in rows else 0.0 for m in methods]
+                ax.bar(
+                    xs, vals, width, yerr=errs if any(errs) else None, capsize=2,
+                    label=PROTOCOL_NAMES.get(protocol, protocol),
+                )  # fmt: skip
             ax.set_ylabel(f"{headers.get(key, key)} (%)")
             ax.set_xticks(range(len(methods)))
             ax.set_xticklabels(methods, rotation=30, ha="right")
@@ -265,6 +301,8 @@ class Comparison:
                     "first_frame_gt": r.first_frame_gt,
                     "seconds_per_frame": r.seconds_per_frame,
                     "frames": r.frames,
+                    "std": r.std,
+                    "seeds": r.seeds,
                     "result": json.loads(r.result.to_json()),
                 }
                 for r in self.rows
@@ -291,10 +329,11 @@ class Comparison:
                 class_names=r.get("class_names"),
             )
             spf = as_float(row["seconds_per_frame"])
+            std = {k: as_float(v) for k, v in row.get("std", {}).items()}
             rows.append(
                 ComparisonRow(
                     row["method"], row["protocol"], row["first_frame_gt"], result, spf,
-                    row["frames"],
+                    row["frames"], std, int(row.get("seeds", 1)),
                 )
             )  # fmt: skip
         skipped = [tuple(s) for s in data.get("skipped", [])]

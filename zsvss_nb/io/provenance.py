@@ -40,7 +40,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _git(folder: Path, *args: str) -> str | None:
+def git_output(folder: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=20
@@ -59,11 +59,11 @@ def package_commit() -> dict[str, Any]:
     whether tracked files of the package differ from that commit. Read once per process.
     """
     package = Path(__file__).resolve().parents[1]  # zsvss_nb/, this module being in io/
-    top = _git(package, "rev-parse", "--show-toplevel")
+    top = git_output(package, "rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() / package.name != package:
         return {"commit": None, "dirty": None}
-    commit = _git(package, "rev-parse", "HEAD")
-    status = _git(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    commit = git_output(package, "rev-parse", "HEAD")
+    status = git_output(package, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io.provenance import _git
+from ..io.provenance import git_output
 from .explorer import STATIC_CLASS
 from .session import ENV_CI, REAL_DEFAULT
 
@@ -131,9 +131,9 @@ def _has_figure(nb: Any) -> bool:
 def _in_history(root: Path, commit: str) -> bool | None:
     """Whether ``commit`` is HEAD or an ancestor; None where git or the commit is missing (a
     shallow clone, an export without .git)."""
-    if _git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+    if git_output(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
         return None
-    return _git(root, "merge-base", "--is-ancestor", commit, "HEAD") is not None
+    return git_output(root, "merge-base", "--is-ancestor", commit, "HEAD") is not None
 
 
 def problems(path: str | Path, root: str | Path | None = None) -> list[str]:
@@ -176,11 +176,11 @@ def render_record(nb: Any, model: str, root: Path, seconds: float) -> dict[str, 
     """The ``metadata["zsvss"]`` record of a notebook just executed with ``model``."""
     from .. import __version__
 
-    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "zsvss_nb")
+    status = git_output(root, "status", "--porcelain", "--untracked-files=no", "--", "zsvss_nb")
     return {
         "model": model,
         "version": __version__,
-        "commit": _git(root, "rev-parse", "HEAD"),
+        "commit": git_output(root, "rev-parse", "HEAD"),
         "package_dirty": None if status is None else bool(status),
         "source_sha256": source_hash(nb),
         "seconds": round(seconds, 1),

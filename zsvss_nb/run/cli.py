@@ -186,6 +186,12 @@ def _add_compare(sub) -> None:
     p.add_argument("--shard", default=None, help="i/N: segment this share only (see dataset)")
     p.add_argument("--resume", action="store_true", help="skip videos already finished")
     p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated, e.g. 0,1,2: run every method once per seed (noise and k-means "
+        "seed) into OUT/seed<s>/ and report mean ± std",
+    )
     _add_model_args(p)
     _add_config_args(p)
     p.set_defaults(func=commands.cmd_compare)

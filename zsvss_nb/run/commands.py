@@ -234,6 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_disjoint(args.out, dataset_inputs(dataset))  # before the model loads
     check_output_folder(args.out, beside=False)
     check_device(args.device)
+    seeds = _seeds(args.seeds)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device or local_device())
     backbone.release_text_encoder((cfg.features.prompt,))
     protocols = args.protocol or ("first-frame", "hungarian", "majority")
@@ -250,6 +251,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         videos=parse_names(args.videos),
         vc_ns=args.vc or (8, 16),
         progress=not args.quiet,
+        seeds=seeds,
     )
     if result.incomplete:
         print(
@@ -305,3 +307,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"model: {spec['model']} (from {spec['from']})")
     print("\n".join(lines))
     return 0
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` as [0, 1, 2]; a ConfigError naming the option otherwise."""
+    from ..evaluation.compare import parse_seeds
+
+    if text is None:
+        return None
+    try:
+        return parse_seeds(text)
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2") from None
